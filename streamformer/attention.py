@@ -1,0 +1,141 @@
+"""Emformer's attention over segments: memory, right context, left context and the segment itself.
+
+Every segment attends to a fixed window of keys, so the training forward costs O(T) rather than building
+torchaudio's (T + R·N + N) x (M + R·N + T) mask. The same code serves the streaming step, which is the
+one-segment case whose memory and left context come from the state.
+
+Shapes (per batch element b and segment n):
+
+- queries: the segment's right-context block (R), its frames (S) and, with memory, its summary (1);
+- keys/values: the memory window (M), the right-context block (R), the L frames before the segment and the
+  segment's S frames. The memory window and the L + S frames are gathered from banks:
+  ``memory_bank`` (B, P, D) with window n = positions [n, n + M), and the frame bank
+  ``[left_keys (B, L, D), keys of all segment frames (B, N·S, D)]`` with window n = positions [n·S, n·S + L + S).
+  The forward pass puts M (and L) empty slots in front; the streaming step puts the state's slots there.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from ._nn import Dtype, dense
+
+
+@flax.struct.dataclass
+class SegmentMasks:
+    """Which keys each segment may see (True = visible). The same for every layer.
+
+    memory: (B, N, M) memory slots in the segment's window that hold a real memory vector.
+    frames: (B, N, L + S) left-context and segment frames that exist and are valid for that sequence.
+    valid_frames: (B, N) int32, the number of valid frames in each segment (0 .. S).
+    """
+
+    memory: jax.Array
+    frames: jax.Array
+    valid_frames: jax.Array
+
+
+def gather_windows(bank: jax.Array, start: jax.Array, width: int) -> jax.Array:
+    """bank (B, P, D), start (N,) -> (B, N, width, D) with [b, n, j] = bank[b, start[n] + j]."""
+    index = start[:, None] + jnp.arange(width)[None, :]
+    return bank[:, index]
+
+
+class EmformerAttention(nn.Module):
+    """torchaudio's _EmformerAttention (emb_to_key_value, emb_to_query, out_proj), computed per segment window.
+
+    Attributes mirror torchaudio; ``weight_init_gain`` selects xavier_uniform(gain) for the query and key/value
+    projections (None: PyTorch's default).
+    """
+
+    input_dim: int
+    num_heads: int
+    dropout: float = 0.0
+    weight_init_gain: float | None = None
+    tanh_on_mem: bool = False
+    negative_inf: float = -1e8
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        right_context: jax.Array,
+        utterance: jax.Array,
+        summary: jax.Array | None,
+        memory_bank: jax.Array,
+        left_keys: jax.Array,
+        left_values: jax.Array,
+        masks: SegmentMasks,
+        deterministic: bool = True,
+    ):
+        """Attention for N segments at once.
+
+        Args:
+            right_context: (B, N, R, D) layer-normed right-context blocks.
+            utterance: (B, N, S, D) layer-normed segment frames.
+            summary: (B, N, D) summary queries, or None without memory.
+            memory_bank: (B, M + N - 1, D) memory vectors (forward) or (B, M, D) (one streaming step).
+            left_keys, left_values: (B, L, D) keys/values of the frames before segment 0.
+            masks: which keys each segment may see.
+
+        Returns:
+            right_context (B, N, R, D), utterance (B, N, S, D), memory (B, N, D) or None, and the keys and
+            values of the segment frames, (B, N·S, D) each (the next step's left context).
+        """
+        D, H = self.input_dim, self.num_heads
+        B, N, S, _ = utterance.shape
+        R = right_context.shape[2]
+        M = masks.memory.shape[-1]
+        L = left_keys.shape[1]
+        kw = dict(fan_in=D, dtype=self.dtype, param_dtype=self.param_dtype)
+        to_query = dense(D, gain=self.weight_init_gain, name="emb_to_query", **kw)
+        to_key_value = dense(2 * D, gain=self.weight_init_gain, name="emb_to_key_value", **kw)
+
+        def keys_values(x):
+            kv = to_key_value(x)
+            return kv[..., :D], kv[..., D:]
+
+        queries = [right_context, utterance] + ([summary[:, :, None]] if summary is not None else [])
+        query = to_query(jnp.concatenate(queries, axis=2)) * (D // H) ** -0.5  # (B, N, Q, D)
+
+        rc_keys, rc_values = keys_values(right_context)
+        utt_keys, utt_values = keys_values(utterance.reshape(B, N * S, D))
+        frame_start = jnp.arange(N) * S
+        frame_keys = gather_windows(jnp.concatenate([left_keys.astype(utt_keys.dtype), utt_keys], 1), frame_start, L + S)
+        frame_values = gather_windows(
+            jnp.concatenate([left_values.astype(utt_values.dtype), utt_values], 1), frame_start, L + S
+        )
+        key_parts, value_parts = [rc_keys, frame_keys], [rc_values, frame_values]
+        if M > 0:
+            mem_keys, mem_values = keys_values(memory_bank)
+            key_parts.insert(0, gather_windows(mem_keys, jnp.arange(N), M))
+            value_parts.insert(0, gather_windows(mem_values, jnp.arange(N), M))
+        key = jnp.concatenate(key_parts, axis=2)  # (B, N, K, D), K = M + R + L + S
+        value = jnp.concatenate(value_parts, axis=2)
+
+        # Visibility (B, N, Q, K): frame queries see memory, the block's right context and the frame window;
+        # the summary query sees the same but no memory.
+        always = jnp.ones((B, N, R), bool)
+        rows = jnp.concatenate([masks.memory, always, masks.frames], axis=-1)
+        visible = jnp.broadcast_to(rows[:, :, None, :], (B, N, R + S, rows.shape[-1]))
+        if summary is not None:
+            summary_row = jnp.concatenate([jnp.zeros_like(masks.memory), always, masks.frames], axis=-1)
+            visible = jnp.concatenate([visible, summary_row[:, :, None, :]], axis=2)
+
+        split = lambda x: x.reshape(*x.shape[:-1], H, D // H)  # noqa: E731
+        scores = jnp.einsum("bnqhd,bnkhd->bnhqk", split(query), split(key)).astype(jnp.float32)
+        scores = jnp.where(visible[:, :, None], scores, jnp.float32(self.negative_inf))
+        probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+        probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
+        attended = jnp.einsum("bnhqk,bnkhd->bnqhd", probs, split(value)).reshape(B, N, -1, D)
+        output = dense(D, name="out_proj", **kw)(attended)
+
+        memory = None
+        if summary is not None:
+            memory = output[:, :, R + S]
+            memory = jnp.tanh(memory) if self.tanh_on_mem else jnp.clip(memory, -10, 10)
+        return output[:, :, :R], output[:, :, R:R + S], memory, utt_keys, utt_values

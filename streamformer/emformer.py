@@ -1,0 +1,145 @@
+"""Emformer (Shi et al. 2021), torchaudio.models.Emformer in Flax.
+
+Layer: layer norm, attention with memory and left context, residual, position-wise feed-forward with its own
+layer norm and residual, output layer norm. The machinery for segments, state and streaming is shared with
+ConvEmformer in ``streaming.py`` and ``attention.py``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from . import _checks
+from ._nn import ACTIVATIONS, Dtype, activation, dense, layer_norm
+from .attention import EmformerAttention, SegmentMasks
+from .streaming import EmformerState, StreamingEncoder, masked_segment_mean
+
+__all__ = ["Emformer", "EmformerState"]
+
+
+class EmformerLayer(nn.Module):
+    """torchaudio's _EmformerLayer. Parameter names follow torchaudio (pos_ff_0 is pos_ff.0, ...)."""
+
+    input_dim: int
+    num_heads: int
+    ffn_dim: int
+    dropout: float = 0.0
+    activation: str = "relu"
+    weight_init_gain: float | None = None
+    tanh_on_mem: bool = False
+    negative_inf: float = -1e8
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        utterance: jax.Array,
+        right_context: jax.Array,
+        memory_bank: jax.Array,
+        left_keys: jax.Array,
+        left_values: jax.Array,
+        conv_cache: jax.Array,
+        masks: SegmentMasks,
+        deterministic: bool,
+    ):
+        """utterance (B, N, S, D), right_context (B, N, R, D); see StreamingEncoder for the rest.
+        Returns (utterance, right_context, memory (B, N, D) or None, keys, values, conv_cache)."""
+        D = self.input_dim
+        norm = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        has_memory = masks.memory.shape[-1] > 0
+
+        layer_norm_input = layer_norm(name="layer_norm_input", **norm)
+        normed_utterance, normed_right_context = layer_norm_input(utterance), layer_norm_input(right_context)
+        summary = masked_segment_mean(normed_utterance, masks.valid_frames) if has_memory else None
+        rc_out, utt_out, memory, keys, values = EmformerAttention(
+            D, self.num_heads, self.dropout, self.weight_init_gain, self.tanh_on_mem, self.negative_inf,
+            name="attention", **norm,
+        )(normed_right_context, normed_utterance, summary, memory_bank, left_keys, left_values, masks, deterministic)
+
+        drop = nn.Dropout(self.dropout)
+        ffn_in = dense(self.ffn_dim, fan_in=D, name="pos_ff_1", **norm)
+        ffn_out = dense(D, fan_in=self.ffn_dim, name="pos_ff_4", **norm)
+        ffn_norm = layer_norm(name="pos_ff_0", **norm)
+        output_norm = layer_norm(name="layer_norm_output", **norm)
+        act = activation(self.activation)
+
+        def post(attended, residual):
+            x = drop(attended, deterministic=deterministic) + residual
+            h = drop(act(ffn_in(ffn_norm(x))), deterministic=deterministic)
+            x = drop(ffn_out(h), deterministic=deterministic) + x
+            return output_norm(x)
+
+        return post(utt_out, utterance), post(rc_out, right_context), memory, keys, values, conv_cache
+
+
+class Emformer(StreamingEncoder):
+    """Emformer: Efficient Memory Transformer Based Acoustic Model for Low Latency Streaming Speech Recognition.
+
+    The constructor is torchaudio's, same order and defaults, then ``dtype`` (computation) and ``param_dtype``;
+    the attention softmax always runs in float32.
+
+    Args:
+        input_dim: input dimension D.
+        num_heads: attention heads per layer.
+        ffn_dim: hidden dimension of each layer's feed-forward network.
+        num_layers: number of layers.
+        segment_length: frames per segment, S.
+        dropout: dropout probability.
+        activation: feed-forward activation, "relu", "gelu" or "silu".
+        left_context_length: L, frames before a segment that it attends to.
+        right_context_length: R, look-ahead frames after each segment.
+        max_memory_size: M, memory vectors a segment attends to (0: no memory).
+        weight_init_scale_strategy: "depthwise", "constant" or None (gains of the query/key/value initialisation).
+        tanh_on_mem: tanh on memory vectors (else clamp to [-10, 10]).
+        negative_inf: score of masked attention entries.
+
+    Methods (call through ``model.apply(variables, ..., method=...)``): ``__call__`` (training/offline forward),
+    ``infer`` (one streaming step), ``stream`` (a whole utterance as one scan over ``infer``) and, on the unbound
+    module, ``init_state``.
+
+    Example:
+        >>> model = Emformer(64, 4, 128, 2, segment_length=4, right_context_length=1)
+        >>> x, lengths = jnp.zeros((2, 17, 64)), jnp.array([16, 12])
+        >>> variables = model.init(jax.random.key(0), x, lengths)
+        >>> output, output_lengths = model.apply(variables, x, lengths)                # (2, 16, 64)
+        >>> chunk = jnp.zeros((2, 5, 64))
+        >>> output, output_lengths, state = model.apply(variables, chunk, jnp.array([5, 5]), None, method="infer")
+    """
+
+    input_dim: int
+    num_heads: int
+    ffn_dim: int
+    num_layers: int
+    segment_length: int
+    dropout: float = 0.0
+    activation: str = "relu"
+    left_context_length: int = 0
+    right_context_length: int = 0
+    max_memory_size: int = 0
+    weight_init_scale_strategy: str | None = "depthwise"
+    tanh_on_mem: bool = False
+    negative_inf: float = -1e8
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        self._validate_config()
+        _checks.one_of("activation", self.activation, list(ACTIVATIONS))
+        super().__post_init__()
+
+    def _make_layer(self, index: int) -> EmformerLayer:
+        return EmformerLayer(
+            input_dim=self.input_dim,
+            num_heads=self.num_heads,
+            ffn_dim=self.ffn_dim,
+            dropout=self.dropout,
+            activation=self.activation,
+            weight_init_gain=self._weight_init_gain(index),
+            tanh_on_mem=self.tanh_on_mem,
+            negative_inf=self.negative_inf,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
