@@ -22,11 +22,12 @@ from . import ConvEmformer, Emformer
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=200, help="utterance length T in frames")
+    parser.add_argument("--layers", type=int, default=4, help="number of layers")
     parser.add_argument("--conv", action="store_true", help="use ConvEmformer instead of Emformer")
     args = parser.parse_args(argv)
 
     S, R, D = 8, 2, 64
-    common = dict(input_dim=D, num_heads=4, ffn_dim=256, num_layers=4, segment_length=S, left_context_length=16,
+    common = dict(input_dim=D, num_heads=4, ffn_dim=256, num_layers=args.layers, segment_length=S, left_context_length=16,
                   right_context_length=R, max_memory_size=4)
     model = ConvEmformer(**common, kernel_size=5) if args.conv else Emformer(**common)
     T = args.frames
