@@ -523,9 +523,10 @@ def rnnt_loss_from_encodings(
     Equals ``rnnt_loss(joiner(source_encodings, target_encodings), ...)`` (value and gradients, up to
     float rounding) with ``fused_log_softmax=True``. The joint is computed ``chunk_size`` frames at a
     time: the forward pass keeps the (B, T, U + 1) log-probabilities of blank and of the next label and
-    the softmax denominators; the backward pass recomputes each chunk's logits, forms their analytic gradient (clamped as in
-    :func:`rnnt_loss`) and pulls it back through ``joiner``. Peak memory is about one chunk of logits plus the
-    joiner's activations for that chunk, instead of the whole joint and its gradient.
+    the softmax denominators; the backward pass recomputes each chunk's logits, forms their analytic
+    gradient (clamped as in :func:`rnnt_loss`) and pulls it back through ``joiner``. Peak memory is
+    about one chunk of logits plus the joiner's activations for that chunk, instead of the whole joint
+    and its gradient.
 
     Args:
         source_encodings: (B, T, D) encoder output.
