@@ -15,7 +15,7 @@ Paths:
   (torchaudio's kernel does the same: ``reuse_logits_for_grads``; inside a jitted training step the
   logits are an intermediate and XLA reuses their buffer the same way).
 - one read: a jitted ``jnp.sum`` over the same logits (the floor of any pass over the joint); one write:
-  a jitted ``2 * logits`` into a fresh buffer.
+  a jitted ``2 * logits`` into a fresh buffer; one exp pass: a jitted ``jnp.exp`` written in place.
 - full (with joiner): joiner linear(relu(src + tgt)) to V, the whole joint materialised, then
   ``rnnt_loss``; gradients into the joiner's weights and both encodings. Memory only unless
   ``--time-full-joiner``.
@@ -73,7 +73,12 @@ def bench_full_joint(args, key, targets, logit_lengths, target_lengths) -> dict[
     read_time = median_seconds(read, lambda: (logits,), repeats=args.repeats)
     write, _ = compile_with_memory(lambda x: 2 * x, logits)
     write_time = median_seconds(write, lambda: (logits,), repeats=args.repeats)
-    print(f"one read (jnp.sum) {read_time:.3f} s; one write (2 * logits, fresh buffer) {write_time:.3f} s")
+    exp, _ = compile_with_memory(jnp.exp, logits, donate=True)
+    exp_time = median_seconds(exp, lambda: (logits + 0.0,), repeats=args.repeats)
+    print(
+        f"one read (jnp.sum) {read_time:.3f} s; one write (2 * logits, fresh buffer) {write_time:.3f} s; "
+        f"one exp pass in place (jnp.exp, donated) {exp_time:.3f} s = {exp_time / read_time:.2f}x one read"
+    )
     full_mem = None
     for donate in (False, True):
         compiled, mem = compile_with_memory(loss_and_grad, logits, donate=donate)

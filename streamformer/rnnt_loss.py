@@ -59,6 +59,11 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _as_array(x: Any) -> Any:
+    """Lists and scalars become numpy arrays (concrete, so their values can be checked)."""
+    return x if hasattr(x, "dtype") and hasattr(x, "shape") else np.asarray(x)
+
+
 def _check_common(
     *,
     batch: int,
@@ -390,6 +395,7 @@ def rnnt_loss(
     if logits.ndim != 4:
         raise ValueError(f"logits: expected 4 dimensions (B, T, U + 1, V), got shape {tuple(logits.shape)}")
     batch, frames, nodes, vocab = logits.shape
+    targets, logit_lengths, target_lengths = map(_as_array, (targets, logit_lengths, target_lengths))
     if frames < 1 or nodes < 1 or vocab < 2:
         raise ValueError(f"logits: expected T >= 1, U + 1 >= 1 and V >= 2, got shape {tuple(logits.shape)}")
     _check_common(
@@ -491,12 +497,17 @@ def _make_encodings_costs(
                 True,
             )
             source_grad, target_grad, *consts_grad = pullback(grad)
-            accumulated = jax.tree.map(jnp.add, accumulated, (target_grad, tuple(consts_grad)))
+            accumulated = jax.tree.map(
+                lambda acc, g: acc + g.astype(acc.dtype), accumulated, (target_grad, tuple(consts_grad))
+            )
             return accumulated, source_grad
 
-        zeros = jax.tree.map(jnp.zeros_like, (target, tuple(consts)))
+        # Sums over chunks accumulate in at least float32 (bfloat16 weights would lose their low bits).
+        primals = (target, tuple(consts))
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)), primals)
         chunks = jax.tree.map(split_chunks, (source, denominator, blank_occ, label_occ, valid))
-        (target_grad, consts_grad), source_grad = jax.lax.scan(chunk_backward, zeros, chunks)
+        accumulated, source_grad = jax.lax.scan(chunk_backward, zeros, chunks)
+        target_grad, consts_grad = jax.tree.map(lambda g, x: g.astype(x.dtype), accumulated, primals)
         return join_chunks(source_grad), target_grad, consts_grad, None, None, None
 
     costs_fn = jax.custom_vjp(lambda *args: forward(*args)[0])
@@ -556,6 +567,7 @@ def rnnt_loss_from_encodings(
     if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
     batch, frames, _ = source_encodings.shape
+    targets, source_lengths, target_lengths = map(_as_array, (targets, source_lengths, target_lengths))
     if target_encodings.shape[0] != batch:
         raise ValueError(
             f"target_encodings: expected batch size {batch} (as source_encodings), "
