@@ -37,6 +37,7 @@ __all__ = [
     "SynthConfig",
     "SynthDataset",
     "Utterance",
+    "config_dict",
     "generate_split",
     "synthesize",
     "write_librispeech",
