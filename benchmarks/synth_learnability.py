@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from streamformer.emformer import Emformer
 
+from streamformer.emformer import Emformer
 from train.data import Example, batches, make_buckets, prepare_examples
 from train.synth import ALPHABET, VOCABULARY, SynthConfig, generate_split
 

@@ -20,15 +20,25 @@ from . import ConvEmformer, Emformer
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=200, help="utterance length T in frames")
     parser.add_argument("--layers", type=int, default=4, help="number of layers")
     parser.add_argument("--conv", action="store_true", help="use ConvEmformer instead of Emformer")
     args = parser.parse_args(argv)
 
     S, R, D = 8, 2, 64
-    common = dict(input_dim=D, num_heads=4, ffn_dim=256, num_layers=args.layers, segment_length=S, left_context_length=16,
-                  right_context_length=R, max_memory_size=4)
+    common = dict(
+        input_dim=D,
+        num_heads=4,
+        ffn_dim=256,
+        num_layers=args.layers,
+        segment_length=S,
+        left_context_length=16,
+        right_context_length=R,
+        max_memory_size=4,
+    )
     model = ConvEmformer(**common, kernel_size=5) if args.conv else Emformer(**common)
     T = args.frames
     x = jax.random.normal(jax.random.key(1), (1, T + R, D))
@@ -52,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     jax.block_until_ready(infer(variables, jnp.zeros((1, S + R, D)), jnp.array([S + R]), state))  # compile
     for i in range(steps):
         valid = min(S, T - i * S)
-        chunk = jnp.concatenate([padded[:, i * S : (i + 1) * S], x[:, i * S + valid : i * S + valid + R]], axis=1)
+        chunk = jnp.concatenate(
+            [padded[:, i * S : (i + 1) * S], x[:, i * S + valid : i * S + valid + R]], axis=1
+        )
         start = time.perf_counter()
         out, _, state = infer(variables, chunk, jnp.array([valid + R]), state)
         jax.block_until_ready(out)
@@ -65,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     live_diff = float(jnp.max(jnp.abs(live - full)))
     print(f"max |stream - forward| = {scan_diff:.2e}, max |segment by segment - forward| = {live_diff:.2e}")
     ok = scan_diff < 1e-4 and live_diff < 1e-4
-    print("streamed output equals the full-utterance output" if ok else "MISMATCH between streaming and forward")
+    print(
+        "streamed output equals the full-utterance output" if ok else "MISMATCH between streaming and forward"
+    )
     return 0 if ok else 1
 
 
