@@ -15,11 +15,12 @@ R right_context_length (both in input frames, before time reduction), H LSTM hid
 
 Padding rule (also where we differ from torchaudio): every sequence behaves as if it were alone.
 
-- Sources: sequence b's ``source_lengths[b]`` valid frames are followed directly by its R right-context frames;
-  what lies beyond is never read into a valid output (torchaudio's batched outputs depend on the padding).
-- Targets: positions at or beyond ``target_lengths[b]`` do not touch the predictor state, so the returned state
-  is the state after each sequence's last valid token (torchaudio runs the LSTM over the padding as well). Their
-  token ids are ignored (read as 0). With no padding (lengths = U) this is exactly torchaudio.
+- Sources: sequence b's ``source_lengths[b]`` valid frames are followed directly by its R right-context
+  frames; what lies beyond is never read into a valid output (torchaudio's batched outputs depend on the
+  padding).
+- Targets: positions at or beyond ``target_lengths[b]`` do not touch the predictor state, so the returned
+  state is the state after each sequence's last valid token (torchaudio runs the LSTM over the padding as
+  well). Their token ids are ignored (read as 0). With no padding (lengths = U) this is exactly torchaudio.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Predictor
 
 
@@ -89,9 +90,9 @@ class PredictorState:
 
 
 class _LSTMCell(nn.Module):
-    """One step of torchaudio's _CustomLSTM: gates = g_norm(x2g(x) + p2g(h)), split input, forget, cell, output;
-    c = c_norm(sigmoid(f) c + sigmoid(i) tanh(g)); h = sigmoid(o) tanh(c). Steps where ``valid`` is False leave
-    the carry unchanged."""
+    """One step of torchaudio's _CustomLSTM: gates = g_norm(x2g(x) + p2g(h)), split input, forget, cell,
+    output; c = c_norm(sigmoid(f) c + sigmoid(i) tanh(g)); h = sigmoid(o) tanh(c). Steps where ``valid`` is
+    False leave the carry unchanged."""
 
     input_dim: int
     hidden_dim: int
@@ -127,8 +128,9 @@ class _LSTMCell(nn.Module):
         return carry, new_hidden
 
 
-#: torchaudio's _CustomLSTM as a ``lax.scan`` over the token axis: ``layer((h, c), (x (B, U, E), valid (B, U)))``
-#: returns ``((h, c), output (B, U, H))``. Parameters: x2g, p2g, g_norm, c_norm as in torchaudio.
+#: torchaudio's _CustomLSTM as a ``lax.scan`` over the token axis:
+#: ``layer((h, c), (x (B, U, E), valid (B, U)))`` returns ``((h, c), output (B, U, H))``.
+#: Parameters: x2g, p2g, g_norm, c_norm as in torchaudio.
 CustomLSTM = nn.scan(
     _LSTMCell,
     variable_broadcast="params",
@@ -154,12 +156,20 @@ class Predictor(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self):
-        for name in ("num_symbols", "output_dim", "symbol_embedding_dim", "num_lstm_layers", "lstm_hidden_dim"):
+        for name in (
+            "num_symbols",
+            "output_dim",
+            "symbol_embedding_dim",
+            "num_lstm_layers",
+            "lstm_hidden_dim",
+        ):
             _checks.positive_int(name, getattr(self, name))
         if not 0.0 <= self.lstm_dropout < 1.0:
             raise ValueError(f"lstm_dropout: expected a probability in [0, 1), got {self.lstm_dropout!r}")
         if not self.lstm_layer_norm_epsilon > 0:
-            raise ValueError(f"lstm_layer_norm_epsilon: expected a positive number, got {self.lstm_layer_norm_epsilon!r}")
+            raise ValueError(
+                f"lstm_layer_norm_epsilon: expected a positive number, got {self.lstm_layer_norm_epsilon!r}"
+            )
         super().__post_init__()
 
     def setup(self):
@@ -201,8 +211,8 @@ class Predictor(nn.Module):
             got = getattr(state, field).shape
             if got != want:
                 raise ValueError(
-                    f"state: {field} has shape {got}, expected (num_lstm_layers, B, lstm_hidden_dim) = {want}: a state "
-                    "from another configuration or batch size"
+                    f"state: {field} has shape {got}, expected (num_lstm_layers, B, lstm_hidden_dim) = "
+                    f"{want}: a state from another configuration or batch size"
                 )
 
     def __call__(
@@ -221,7 +231,8 @@ class Predictor(nn.Module):
             deterministic: False applies dropout, drawing from the 'dropout' rng.
 
         Returns:
-            output (B, U, output_dim), lengths (B,) (unchanged), and the state after each sequence's valid tokens.
+            output (B, U, output_dim), lengths (B,) (unchanged), and the state after each sequence's valid
+            tokens.
         """
         _checks.array_shape("targets", input, (None, None), "(B, U)")
         _checks.integer_array("targets", input)
@@ -234,7 +245,9 @@ class Predictor(nn.Module):
             tokens = np.asarray(input)[np.asarray(valid)]
             bad = tokens[(tokens < 0) | (tokens >= self.num_symbols)]
             if bad.size:
-                raise ValueError(f"targets: expected values in [0, {self.num_symbols}), got {sorted(set(bad.tolist()))}")
+                raise ValueError(
+                    f"targets: expected values in [0, {self.num_symbols}), got {sorted(set(bad.tolist()))}"
+                )
         dtype = self.dtype or jnp.float32
         state = self.init_state(B, dtype) if state is None else state
         self._check_state(state, B)
@@ -250,7 +263,7 @@ class Predictor(nn.Module):
         return output, lengths, PredictorState(hidden=jnp.stack(hidden), cell=jnp.stack(cell))
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Joiner
 
 
@@ -268,7 +281,9 @@ class Joiner(nn.Module):
         super().__post_init__()
 
     def setup(self):
-        self.linear = dense(self.output_dim, fan_in=self.input_dim, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.linear = dense(
+            self.output_dim, fan_in=self.input_dim, dtype=self.dtype, param_dtype=self.param_dtype
+        )
 
     @nn.nowrap
     def example_inputs(self) -> tuple[jax.Array, ...]:
@@ -295,7 +310,7 @@ class Joiner(nn.Module):
         return logits, source_lengths, target_lengths
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Transcriber
 
 
@@ -317,8 +332,9 @@ class EmformerTranscriber(nn.Module):
     segment_length // stride and right_context_length // stride reduced frames), output_linear, layer_norm.
 
     ``segment_length`` and ``right_context_length`` count input frames; both must be multiples of
-    ``time_reduction_stride``, so that input chunks of segment_length + right_context_length frames map onto whole
-    reduced segments (torchaudio floors silently, which breaks its own streaming for such configurations).
+    ``time_reduction_stride``, so that input chunks of segment_length + right_context_length frames map onto
+    whole reduced segments (torchaudio floors silently, which breaks its own streaming for such
+    configurations).
     """
 
     input_dim: int
@@ -340,19 +356,26 @@ class EmformerTranscriber(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self):
-        for name in ("input_dim", "output_dim", "segment_length", "time_reduction_input_dim", "time_reduction_stride"):
+        for name in (
+            "input_dim",
+            "output_dim",
+            "segment_length",
+            "time_reduction_input_dim",
+            "time_reduction_stride",
+        ):
             _checks.positive_int(name, getattr(self, name))
         _checks.positive_int("right_context_length", self.right_context_length, minimum=0)
         stride = self.time_reduction_stride
         for name in ("segment_length", "right_context_length"):
             if getattr(self, name) % stride:
                 raise ValueError(
-                    f"{name}: expected a multiple of time_reduction_stride ({stride}), got {getattr(self, name)}"
+                    f"{name}: expected a multiple of time_reduction_stride ({stride}), "
+                    f"got {getattr(self, name)}"
                 )
         self._make_transformer(parent=None)  # validates the transformer's arguments now, not at first call
         super().__post_init__()
 
-    # -- configuration -----------------------------------------------------------------------------------------
+    # -- configuration ---------------------------------------------------------------------------
 
     @nn.nowrap
     def _transformer_kwargs(self) -> dict[str, Any]:
@@ -402,19 +425,30 @@ class EmformerTranscriber(nn.Module):
         _checks.array_shape("source_lengths", lengths, (input.shape[0],), "(B,) matching sources' batch")
         _checks.integer_array("source_lengths", lengths)
 
+    def _check_utterance_frames(self, input) -> int:
+        R, stride = self.right_context_length, self.time_reduction_stride
+        if input.shape[1] // stride <= R // stride:
+            raise ValueError(
+                f"sources: expected at least right_context_length + time_reduction_stride = {R + stride} "
+                "frames, "
+                f"got {input.shape[1]}"
+            )
+        return input.shape[1] - R
+
     def _reduce(self, input: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.time_reduction(self.input_linear(input), lengths)
 
     def _output(self, x: jax.Array) -> jax.Array:
         return self.layer_norm(self.output_linear(x))
 
-    # -- methods -------------------------------------------------------------------------------------------------
+    # -- methods ---------------------------------------------------------------------------------
 
     def __call__(self, input: jax.Array, lengths: jax.Array, deterministic: bool = True):
         """Training and offline forward.
 
         Args:
-            input: (B, T + R, input_dim) frames, sequence b's R right-context frames right after its valid frames.
+            input: (B, T + R, input_dim) frames, sequence b's R right-context frames right after its valid
+                frames.
             lengths: (B,) valid frames per sequence (0 <= lengths <= T), right context excluded.
             deterministic: False applies dropout ('dropout' rng).
 
@@ -422,12 +456,7 @@ class EmformerTranscriber(nn.Module):
             output (B, (T + R) // stride - R // stride, output_dim), output lengths (B,) = lengths // stride.
         """
         self._check(input, lengths, "T + right_context_length")
-        T = input.shape[1] - self.right_context_length
-        if (T + self.right_context_length) // self.time_reduction_stride <= self.right_context_length // self.time_reduction_stride:
-            raise ValueError(
-                f"sources: expected at least right_context_length + time_reduction_stride = "
-                f"{self.right_context_length + self.time_reduction_stride} frames, got {input.shape[1]}"
-            )
+        T = self._check_utterance_frames(input)
         _checks.lengths_in_range("source_lengths", lengths, 0, T)
         x, reduced_lengths = self._reduce(input, lengths)
         x, out_lengths = self.transformer(x, reduced_lengths, deterministic)
@@ -442,8 +471,8 @@ class EmformerTranscriber(nn.Module):
             state: from the previous step, or None for fresh streams.
 
         Returns:
-            output (B, S // stride, output_dim), output lengths (B,) = max(lengths // stride - R // stride, 0), and
-            the new state.
+            output (B, S // stride, output_dim), output lengths (B,) =
+            max(lengths // stride - R // stride, 0), and the new state.
         """
         S, R = self.segment_length, self.right_context_length
         self._check(input, lengths, "segment_length + right_context_length")
@@ -461,12 +490,7 @@ class EmformerTranscriber(nn.Module):
         """Whole utterances streamed segment by segment (one ``lax.scan`` over the transformer's step); the
         arguments and outputs of ``__call__``, plus the state after each stream's last segment."""
         self._check(input, lengths, "T + right_context_length")
-        T = input.shape[1] - self.right_context_length
-        if (T + self.right_context_length) // self.time_reduction_stride <= self.right_context_length // self.time_reduction_stride:
-            raise ValueError(
-                f"sources: expected at least right_context_length + time_reduction_stride = "
-                f"{self.right_context_length + self.time_reduction_stride} frames, got {input.shape[1]}"
-            )
+        T = self._check_utterance_frames(input)
         _checks.lengths_in_range("source_lengths", lengths, 0, T)
         x, reduced_lengths = self._reduce(input, lengths)
         x, out_lengths, state = self.transformer.stream(x, reduced_lengths, state)
@@ -475,8 +499,8 @@ class EmformerTranscriber(nn.Module):
 
 class ConvEmformerTranscriber(EmformerTranscriber):
     """EmformerTranscriber with a ConvEmformer as its transformer (``transformer_activation`` is the
-    ConvEmformer's ``ffn_activation``; ``transformer_kernel_size`` its depthwise convolution kernel size, required;
-    ``transformer_conv_activation`` its convolution module activation)."""
+    ConvEmformer's ``ffn_activation``; ``transformer_kernel_size`` its depthwise convolution kernel size,
+    required; ``transformer_conv_activation`` its convolution module activation)."""
 
     transformer_kernel_size: int | None = None
     transformer_conv_activation: str = "silu"
@@ -495,19 +519,20 @@ class ConvEmformerTranscriber(EmformerTranscriber):
         )
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # The transducer
 
 
 class RNNT(nn.Module):
     """Recurrent neural network transducer: transcriber, predictor and joiner, as torchaudio.models.RNNT.
 
-    Build with a factory (``emformer_rnnt_model``, ``emformer_rnnt_base``, ``conv_emformer_rnnt_model``) and call
-    methods through ``model.apply(variables, ..., method=...)``:
+    Build with a factory (``emformer_rnnt_model``, ``emformer_rnnt_base``, ``conv_emformer_rnnt_model``) and
+    call methods through ``model.apply(variables, ..., method=...)``:
 
     - ``__call__`` (training): logits (B, T', U, V), source and target lengths, predictor state;
-    - ``transcribe`` (offline), ``transcribe_streaming`` (one segment), ``transcribe_stream`` (a whole utterance
-      as one scan over segments), ``predict``, ``join``, ``joint_logits`` (the joiner without lengths);
+    - ``transcribe`` (offline), ``transcribe_streaming`` (one segment), ``transcribe_stream`` (a whole
+      utterance as one scan over segments), ``predict``, ``join``, ``joint_logits`` (the joiner without
+      lengths);
     - on the unbound module: ``init_transcriber_state``, ``init_predictor_state``, ``example_inputs``.
 
     Example:
@@ -523,7 +548,7 @@ class RNNT(nn.Module):
     predictor: Predictor
     joiner: Joiner
 
-    # -- configuration and state -------------------------------------------------------------------------------
+    # -- configuration and state -----------------------------------------------------------------
 
     @property
     def num_symbols(self) -> int:
@@ -556,7 +581,7 @@ class RNNT(nn.Module):
         targets, target_lengths = self.predictor.example_inputs()
         return sources, source_lengths, targets, target_lengths
 
-    # -- methods ---------------------------------------------------------------------------------------------------
+    # -- methods ---------------------------------------------------------------------------------
 
     def __call__(
         self,
@@ -578,8 +603,8 @@ class RNNT(nn.Module):
             deterministic: False applies dropout ('dropout' rng).
 
         Returns:
-            logits (B, T', U, V) with T' = (T + R) // stride - R // stride, source lengths (B,) (// stride), target
-            lengths (B,), and the predictor state.
+            logits (B, T', U, V) with T' = (T + R) // stride - R // stride, source lengths (B,) (// stride),
+            target lengths (B,), and the predictor state.
         """
         source_encodings, source_lengths = self.transcriber(sources, source_lengths, deterministic)
         target_encodings, target_lengths, predictor_state = self.predictor(
@@ -598,9 +623,9 @@ class RNNT(nn.Module):
     def transcribe_streaming(
         self, sources: jax.Array, source_lengths: jax.Array, state: EmformerState | None
     ) -> tuple[jax.Array, jax.Array, EmformerState]:
-        """One streaming step: sources (B, S + R, input_dim), source_lengths (B,) valid frames in the chunk with
-        the right context (torchaudio's convention), state (None: fresh) -> encodings (B, S // stride, D),
-        lengths (B,), new state."""
+        """One streaming step: sources (B, S + R, input_dim), source_lengths (B,) valid frames in the chunk
+        with the right context (torchaudio's convention), state (None: fresh) -> encodings
+        (B, S // stride, D), lengths (B,), new state."""
         return self.transcriber.infer(sources, source_lengths, state)
 
     def transcribe_stream(
@@ -613,8 +638,8 @@ class RNNT(nn.Module):
     def predict(
         self, targets: jax.Array, target_lengths: jax.Array, state: PredictorState | None
     ) -> tuple[jax.Array, jax.Array, PredictorState]:
-        """Prediction network: targets (B, U), target_lengths (B,), state (None: zeros) -> encodings (B, U, D),
-        lengths (B,), state after each sequence's valid tokens."""
+        """Prediction network: targets (B, U), target_lengths (B,), state (None: zeros) -> encodings
+        (B, U, D), lengths (B,), state after each sequence's valid tokens."""
         return self.predictor(targets, target_lengths, state, True)
 
     def join(
@@ -624,7 +649,8 @@ class RNNT(nn.Module):
         target_encodings: jax.Array,
         target_lengths: jax.Array,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Joint network: (B, T, D) and (B, U, D) encodings -> logits (B, T, U, V), source and target lengths."""
+        """Joint network: (B, T, D) and (B, U, D) encodings -> logits (B, T, U, V), source and target
+        lengths."""
         return self.joiner(source_encodings, source_lengths, target_encodings, target_lengths)
 
     def joint_logits(self, source_encodings: jax.Array, target_encodings: jax.Array) -> jax.Array:
@@ -633,8 +659,8 @@ class RNNT(nn.Module):
 
 
 def joiner_fn(model: RNNT, variables) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """A pure function ``(source_encodings (B, Tc, D), target_encodings (B, U, D)) -> logits (B, Tc, U, V)`` of
-    ``model``'s joiner with ``variables`` (traced parameters work: use it inside jit and grad), e.g. for a
+    """A pure function ``(source_encodings (B, Tc, D), target_encodings (B, U, D)) -> logits (B, Tc, U, V)``
+    of ``model``'s joiner with ``variables`` (traced parameters work: use it inside jit and grad), e.g. for a
     memory-efficient RNN-T loss that calls the joiner on chunks of frames."""
 
     def join(source_encodings: jax.Array, target_encodings: jax.Array) -> jax.Array:
@@ -643,12 +669,21 @@ def joiner_fn(model: RNNT, variables) -> Callable[[jax.Array, jax.Array], jax.Ar
     return join
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Factories
 
 
-def _predictor_and_joiner(encoding_dim, num_symbols, symbol_embedding_dim, num_lstm_layers, lstm_layer_norm,
-                          lstm_layer_norm_epsilon, lstm_dropout, dtype, param_dtype):
+def _predictor_and_joiner(
+    encoding_dim,
+    num_symbols,
+    symbol_embedding_dim,
+    num_lstm_layers,
+    lstm_layer_norm,
+    lstm_layer_norm_epsilon,
+    lstm_dropout,
+    dtype,
+    param_dtype,
+):
     predictor = Predictor(
         num_symbols=num_symbols,
         output_dim=encoding_dim,
@@ -720,8 +755,15 @@ def emformer_rnnt_model(
         parent=None,
     )
     predictor, joiner = _predictor_and_joiner(
-        encoding_dim, num_symbols, symbol_embedding_dim, num_lstm_layers, lstm_layer_norm, lstm_layer_norm_epsilon,
-        lstm_dropout, dtype, param_dtype,
+        encoding_dim,
+        num_symbols,
+        symbol_embedding_dim,
+        num_lstm_layers,
+        lstm_layer_norm,
+        lstm_layer_norm_epsilon,
+        lstm_dropout,
+        dtype,
+        param_dtype,
     )
     return RNNT(transcriber=transcriber, predictor=predictor, joiner=joiner, parent=None)
 
@@ -787,8 +829,8 @@ def conv_emformer_rnnt_model(
     """The Emformer RNN-T with a ConvEmformer transcriber (torchaudio.prototype.models.ConvEmformer).
 
     emformer_rnnt_model's keywords plus ``transformer_kernel_size`` (the ConvEmformer's ``kernel_size``) and
-    ``transformer_conv_activation`` (its ``conv_activation``, default "silu"); ``transformer_activation`` is the
-    ConvEmformer's ``ffn_activation``. The torchaudio counterpart is torchaudio's RNNT whose
+    ``transformer_conv_activation`` (its ``conv_activation``, default "silu"); ``transformer_activation`` is
+    the ConvEmformer's ``ffn_activation``. The torchaudio counterpart is torchaudio's RNNT whose
     ``transcriber.transformer`` is that ConvEmformer: the parameter names are the same with the ConvEmformer's
     layers under ``transcriber.transformer``.
     """
@@ -815,7 +857,14 @@ def conv_emformer_rnnt_model(
         parent=None,
     )
     predictor, joiner = _predictor_and_joiner(
-        encoding_dim, num_symbols, symbol_embedding_dim, num_lstm_layers, lstm_layer_norm, lstm_layer_norm_epsilon,
-        lstm_dropout, dtype, param_dtype,
+        encoding_dim,
+        num_symbols,
+        symbol_embedding_dim,
+        num_lstm_layers,
+        lstm_layer_norm,
+        lstm_layer_norm_epsilon,
+        lstm_dropout,
+        dtype,
+        param_dtype,
     )
     return RNNT(transcriber=transcriber, predictor=predictor, joiner=joiner, parent=None)
