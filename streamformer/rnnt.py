@@ -1,0 +1,885 @@
+"""The Emformer RNN-T (torchaudio.models.RNNT, emformer_rnnt_model, emformer_rnnt_base) in Flax, and the same
+transducer around a ConvEmformer (conv_emformer_rnnt_model).
+
+Three networks, named as torchaudio names them so that ``convert.from_torchaudio`` maps checkpoints with no
+per-model code:
+
+- ``transcriber``: input_linear (no bias), time_reduction (frame stacking), transformer (Emformer or
+  ConvEmformer), output_linear, layer_norm.
+- ``predictor``: embedding, input_layer_norm, lstm_layers_N (x2g, p2g, g_norm, c_norm), dropout, linear,
+  output_layer_norm. The LSTMs run as a ``lax.scan`` over tokens.
+- ``joiner``: linear(activation(source[:, :, None] + target[:, None])).
+
+Letters: B batch, T source frames, U target tokens, V vocabulary (num_symbols), D features, S segment_length,
+R right_context_length (both in input frames, before time reduction), H LSTM hidden size.
+
+Padding rule (also where we differ from torchaudio): every sequence behaves as if it were alone.
+
+- Sources: sequence b's ``source_lengths[b]`` valid frames are followed directly by its R right-context
+  frames; what lies beyond is never read into a valid output (torchaudio's batched outputs depend on the
+  padding).
+- Targets: positions at or beyond ``target_lengths[b]`` do not touch the predictor state, so the returned
+  state is the state after each sequence's last valid token (torchaudio runs the LSTM over the padding as
+  well). Their token ids are ignored (read as 0). With no padding (lengths = U) this is exactly torchaudio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _checks
+from ._nn import Dtype, dense, layer_norm
+from .emformer import Emformer
+from .streaming import EmformerState
+
+__all__ = [
+    "RNNT",
+    "PredictorState",
+    "Predictor",
+    "Joiner",
+    "EmformerTranscriber",
+    "ConvEmformerTranscriber",
+    "TimeReduction",
+    "CustomLSTM",
+    "emformer_rnnt_model",
+    "emformer_rnnt_base",
+    "conv_emformer_rnnt_model",
+    "joiner_fn",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Predictor
+
+
+@flax.struct.dataclass
+class PredictorState:
+    """Prediction network state: each LSTM layer's hidden and cell vectors, layers stacked on the first axis.
+
+    hidden: (num_lstm_layers, B, H) torchaudio's ``state[layer][0]``.
+    cell: (num_lstm_layers, B, H) torchaudio's ``state[layer][1]``.
+    """
+
+    hidden: jax.Array
+    cell: jax.Array
+
+    @property
+    def batch_size(self) -> int:
+        return self.hidden.shape[1]
+
+    @classmethod
+    def from_torchaudio(cls, state) -> PredictorState:
+        """From torchaudio's ``List[List[Tensor]]`` ([[h, c] per layer], each (B, H))."""
+        as_np = lambda t: np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t)  # noqa: E731
+        return cls(
+            hidden=jnp.stack([jnp.asarray(as_np(h)) for h, _ in state]),
+            cell=jnp.stack([jnp.asarray(as_np(c)) for _, c in state]),
+        )
+
+    def to_torchaudio(self) -> list[list[np.ndarray]]:
+        """To torchaudio's layout, as numpy arrays ([[h, c] per layer]); wrap them with torch.from_numpy."""
+        hidden, cell = np.asarray(self.hidden), np.asarray(self.cell)
+        return [[hidden[i], cell[i]] for i in range(hidden.shape[0])]
+
+
+class _LSTMCell(nn.Module):
+    """One step of torchaudio's _CustomLSTM: gates = g_norm(x2g(x) + p2g(h)), split input, forget, cell,
+    output; c = c_norm(sigmoid(f) c + sigmoid(i) tanh(g)); h = sigmoid(o) tanh(c). Steps where ``valid`` is
+    False leave the carry unchanged."""
+
+    input_dim: int
+    hidden_dim: int
+    layer_norm: bool = False
+    layer_norm_epsilon: float = 1e-5
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.x2g = dense(4 * self.hidden_dim, fan_in=self.input_dim, use_bias=not self.layer_norm, **kw)
+        self.p2g = dense(4 * self.hidden_dim, fan_in=self.hidden_dim, use_bias=False, **kw)
+        if self.layer_norm:
+            self.c_norm = layer_norm(epsilon=self.layer_norm_epsilon, **kw)
+            self.g_norm = layer_norm(epsilon=self.layer_norm_epsilon, **kw)
+
+    def __call__(self, carry, inputs):
+        hidden, cell = carry
+        x, valid = inputs
+        gates = self.x2g(x) + self.p2g(hidden)
+        if self.layer_norm:
+            gates = self.g_norm(gates)
+        input_gate, forget_gate, cell_gate, output_gate = jnp.split(gates, 4, axis=-1)
+        new_cell = nn.sigmoid(forget_gate) * cell + nn.sigmoid(input_gate) * jnp.tanh(cell_gate)
+        if self.layer_norm:
+            new_cell = self.c_norm(new_cell)
+        new_hidden = nn.sigmoid(output_gate) * jnp.tanh(new_cell)
+        keep = valid[:, None]
+        carry = (
+            jnp.where(keep, new_hidden.astype(hidden.dtype), hidden),
+            jnp.where(keep, new_cell.astype(cell.dtype), cell),
+        )
+        return carry, new_hidden
+
+
+#: torchaudio's _CustomLSTM as a ``lax.scan`` over the token axis:
+#: ``layer((h, c), (x (B, U, E), valid (B, U)))`` returns ``((h, c), output (B, U, H))``.
+#: Parameters: x2g, p2g, g_norm, c_norm as in torchaudio.
+CustomLSTM = nn.scan(
+    _LSTMCell,
+    variable_broadcast="params",
+    split_rngs={"params": False},
+    in_axes=1,
+    out_axes=1,
+)
+
+
+class Predictor(nn.Module):
+    """torchaudio's _Predictor: embedding, input layer norm, LSTM layers (dropout after each), linear, output
+    layer norm."""
+
+    num_symbols: int
+    output_dim: int
+    symbol_embedding_dim: int
+    num_lstm_layers: int
+    lstm_hidden_dim: int
+    lstm_layer_norm: bool = False
+    lstm_layer_norm_epsilon: float = 1e-5
+    lstm_dropout: float = 0.0
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        for name in (
+            "num_symbols",
+            "output_dim",
+            "symbol_embedding_dim",
+            "num_lstm_layers",
+            "lstm_hidden_dim",
+        ):
+            _checks.positive_int(name, getattr(self, name))
+        if not 0.0 <= self.lstm_dropout < 1.0:
+            raise ValueError(f"lstm_dropout: expected a probability in [0, 1), got {self.lstm_dropout!r}")
+        if not self.lstm_layer_norm_epsilon > 0:
+            raise ValueError(
+                f"lstm_layer_norm_epsilon: expected a positive number, got {self.lstm_layer_norm_epsilon!r}"
+            )
+        super().__post_init__()
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.embedding = nn.Embed(
+            self.num_symbols, self.symbol_embedding_dim, embedding_init=nn.initializers.normal(1.0), **kw
+        )
+        self.input_layer_norm = layer_norm(**kw)
+        self.lstm_layers = [
+            CustomLSTM(
+                self.symbol_embedding_dim if index == 0 else self.lstm_hidden_dim,
+                self.lstm_hidden_dim,
+                layer_norm=self.lstm_layer_norm,
+                layer_norm_epsilon=self.lstm_layer_norm_epsilon,
+                **kw,
+            )
+            for index in range(self.num_lstm_layers)
+        ]
+        self.dropout = nn.Dropout(self.lstm_dropout)
+        self.linear = dense(self.output_dim, fan_in=self.lstm_hidden_dim, **kw)
+        self.output_layer_norm = layer_norm(**kw)
+
+    @nn.nowrap
+    def init_state(self, batch_size: int, dtype: Dtype = jnp.float32) -> PredictorState:
+        """Zeros, as torchaudio starts when state is None. Callable on the unbound module."""
+        _checks.positive_int("batch_size", batch_size)
+        zeros = jnp.zeros((self.num_lstm_layers, batch_size, self.lstm_hidden_dim), dtype)
+        return PredictorState(hidden=zeros, cell=zeros)
+
+    @nn.nowrap
+    def example_inputs(self) -> tuple[jax.Array, jax.Array]:
+        return jnp.zeros((1, 2), jnp.int32), jnp.array([2], jnp.int32)
+
+    def _check_state(self, state: PredictorState, batch_size: int) -> None:
+        if not isinstance(state, PredictorState):
+            raise TypeError(f"state: expected a PredictorState (or None), got {type(state).__name__}")
+        want = (self.num_lstm_layers, batch_size, self.lstm_hidden_dim)
+        for field in ("hidden", "cell"):
+            got = getattr(state, field).shape
+            if got != want:
+                raise ValueError(
+                    f"state: {field} has shape {got}, expected (num_lstm_layers, B, lstm_hidden_dim) = "
+                    f"{want}: a state from another configuration or batch size"
+                )
+
+    def __call__(
+        self,
+        input: jax.Array,
+        lengths: jax.Array,
+        state: PredictorState | None = None,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, jax.Array, PredictorState]:
+        """Prediction network over target sequences.
+
+        Args:
+            input: (B, U) int target tokens in [0, num_symbols) (checked at valid positions when concrete).
+            lengths: (B,) valid tokens per sequence; tokens at or beyond lengths[b] leave the state alone.
+            state: from a previous call, or None for zeros.
+            deterministic: False applies dropout, drawing from the 'dropout' rng.
+
+        Returns:
+            output (B, U, output_dim), lengths (B,) (unchanged), and the state after each sequence's valid
+            tokens.
+        """
+        _checks.array_shape("targets", input, (None, None), "(B, U)")
+        _checks.integer_array("targets", input)
+        B, U = input.shape
+        _checks.array_shape("target_lengths", lengths, (B,), "(B,) matching targets' batch")
+        _checks.integer_array("target_lengths", lengths)
+        _checks.lengths_in_range("target_lengths", lengths, 0, U)
+        if _checks.is_concrete(input) and _checks.is_concrete(lengths):
+            tokens = np.asarray(input)[np.arange(U)[None, :] < np.asarray(lengths)[:, None]]
+            bad = tokens[(tokens < 0) | (tokens >= self.num_symbols)]
+            if bad.size:
+                raise ValueError(
+                    f"targets: expected values in [0, {self.num_symbols}), got {sorted(set(bad.tolist()))}"
+                )
+        dtype = self.dtype or jnp.float32
+        state = self.init_state(B, dtype) if state is None else state
+        self._check_state(state, B)
+
+        valid = jnp.arange(U)[None, :] < jnp.asarray(lengths)[:, None]
+        x = self.input_layer_norm(self.embedding(jnp.where(valid, input, 0)))
+        hidden, cell = [], []
+        for index, lstm in enumerate(self.lstm_layers):
+            (h, c), x = lstm((state.hidden[index], state.cell[index]), (x, valid))
+            x = self.dropout(x, deterministic=deterministic)
+            hidden.append(h)
+            cell.append(c)
+        output = self.output_layer_norm(self.linear(x))
+        return output, lengths, PredictorState(hidden=jnp.stack(hidden), cell=jnp.stack(cell))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Joiner
+
+
+class Joiner(nn.Module):
+    """torchaudio's _Joiner: logits = linear(activation(source[:, :, None] + target[:, None]))."""
+
+    input_dim: int
+    output_dim: int
+    activation: str = "relu"
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        _checks.one_of("activation", self.activation, ["relu", "tanh"])
+        super().__post_init__()
+
+    def setup(self):
+        self.linear = dense(
+            self.output_dim, fan_in=self.input_dim, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+
+    @nn.nowrap
+    def example_inputs(self) -> tuple[jax.Array, ...]:
+        src, tgt = jnp.zeros((1, 1, self.input_dim)), jnp.zeros((1, 1, self.input_dim))
+        return src, jnp.array([1]), tgt, jnp.array([1])
+
+    def logits(self, source_encodings: jax.Array, target_encodings: jax.Array) -> jax.Array:
+        """source_encodings (B, T, D), target_encodings (B, U, D) -> logits (B, T, U, V)."""
+        _checks.array_shape("source_encodings", source_encodings, (None, None, self.input_dim), "(B, T, D)")
+        B = source_encodings.shape[0]
+        _checks.array_shape("target_encodings", target_encodings, (B, None, self.input_dim), "(B, U, D)")
+        joint = source_encodings[:, :, None, :] + target_encodings[:, None, :, :]
+        joint = nn.relu(joint) if self.activation == "relu" else jnp.tanh(joint)
+        return self.linear(joint)
+
+    def __call__(self, source_encodings, source_lengths, target_encodings, target_lengths):
+        """Returns (logits (B, T, U, V), source_lengths, target_lengths), as torchaudio's _Joiner.forward."""
+        logits = self.logits(source_encodings, target_encodings)
+        B = source_encodings.shape[0]
+        _checks.array_shape("source_lengths", source_lengths, (B,), "(B,)")
+        _checks.array_shape("target_lengths", target_lengths, (B,), "(B,)")
+        _checks.lengths_in_range("source_lengths", source_lengths, 0, source_encodings.shape[1])
+        _checks.lengths_in_range("target_lengths", target_lengths, 0, target_encodings.shape[1])
+        return logits, source_lengths, target_lengths
+
+
+# ----------------------------------------------------------------------------------------------------
+# Transcriber
+
+
+class TimeReduction(nn.Module):
+    """torchaudio's _TimeReduction: drops the last T % stride frames and stacks ``stride`` consecutive frames,
+    (B, T, D) -> (B, T // stride, D * stride); lengths // stride."""
+
+    stride: int
+
+    def __call__(self, input: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        B, T, D = input.shape
+        frames = T - T % self.stride
+        output = input[:, :frames].reshape(B, frames // self.stride, D * self.stride)
+        return output, lengths // self.stride
+
+
+class EmformerTranscriber(nn.Module):
+    """torchaudio's _EmformerEncoder: input_linear (no bias), time_reduction, transformer (Emformer on
+    segment_length // stride and right_context_length // stride reduced frames), output_linear, layer_norm.
+
+    ``segment_length`` and ``right_context_length`` count input frames; both must be multiples of
+    ``time_reduction_stride``, so that input chunks of segment_length + right_context_length frames map onto
+    whole reduced segments (torchaudio floors silently, which breaks its own streaming for such
+    configurations).
+    """
+
+    input_dim: int
+    output_dim: int
+    segment_length: int
+    right_context_length: int
+    time_reduction_input_dim: int
+    time_reduction_stride: int
+    transformer_num_heads: int
+    transformer_ffn_dim: int
+    transformer_num_layers: int
+    transformer_left_context_length: int
+    transformer_dropout: float = 0.0
+    transformer_activation: str = "relu"
+    transformer_max_memory_size: int = 0
+    transformer_weight_init_scale_strategy: str | None = "depthwise"
+    transformer_tanh_on_mem: bool = False
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        for name in (
+            "input_dim",
+            "output_dim",
+            "segment_length",
+            "time_reduction_input_dim",
+            "time_reduction_stride",
+        ):
+            _checks.positive_int(name, getattr(self, name))
+        _checks.positive_int("right_context_length", self.right_context_length, minimum=0)
+        stride = self.time_reduction_stride
+        for name in ("segment_length", "right_context_length"):
+            if getattr(self, name) % stride:
+                raise ValueError(
+                    f"{name}: expected a multiple of time_reduction_stride ({stride}), "
+                    f"got {getattr(self, name)}"
+                )
+        self._make_transformer(parent=None)  # validates the transformer's arguments now, not at first call
+        super().__post_init__()
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    @nn.nowrap
+    def _transformer_kwargs(self) -> dict[str, Any]:
+        stride = self.time_reduction_stride
+        return dict(
+            input_dim=self.time_reduction_input_dim * stride,
+            num_heads=self.transformer_num_heads,
+            ffn_dim=self.transformer_ffn_dim,
+            num_layers=self.transformer_num_layers,
+            segment_length=self.segment_length // stride,
+            dropout=self.transformer_dropout,
+            left_context_length=self.transformer_left_context_length,
+            right_context_length=self.right_context_length // stride,
+            max_memory_size=self.transformer_max_memory_size,
+            weight_init_scale_strategy=self.transformer_weight_init_scale_strategy,
+            tanh_on_mem=self.transformer_tanh_on_mem,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+    @nn.nowrap
+    def _make_transformer(self, **kwargs) -> nn.Module:
+        return Emformer(activation=self.transformer_activation, **self._transformer_kwargs(), **kwargs)
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        transformer_dim = self.time_reduction_input_dim * self.time_reduction_stride
+        self.input_linear = dense(self.time_reduction_input_dim, fan_in=self.input_dim, use_bias=False, **kw)
+        self.time_reduction = TimeReduction(self.time_reduction_stride)
+        self.transformer = self._make_transformer()
+        self.output_linear = dense(self.output_dim, fan_in=transformer_dim, **kw)
+        self.layer_norm = layer_norm(**kw)
+
+    @nn.nowrap
+    def init_state(self, batch_size: int, dtype: Dtype = jnp.float32) -> EmformerState:
+        """A fresh streaming state (the transformer's). Callable on the unbound module."""
+        return self._make_transformer(parent=None).init_state(batch_size, dtype)
+
+    @nn.nowrap
+    def example_inputs(self) -> tuple[jax.Array, jax.Array]:
+        S, R = self.segment_length, self.right_context_length
+        return jnp.zeros((1, S + R, self.input_dim), jnp.float32), jnp.array([S], jnp.int32)
+
+    def _check(self, input, lengths, frames_what: str) -> None:
+        _checks.array_shape("sources", input, (None, None, self.input_dim), f"(B, {frames_what}, input_dim)")
+        _checks.floating_array("sources", input)
+        _checks.array_shape("source_lengths", lengths, (input.shape[0],), "(B,) matching sources' batch")
+        _checks.integer_array("source_lengths", lengths)
+
+    def _check_utterance_frames(self, input) -> int:
+        R, stride = self.right_context_length, self.time_reduction_stride
+        if input.shape[1] // stride <= R // stride:
+            raise ValueError(
+                f"sources: expected at least right_context_length + time_reduction_stride = {R + stride} "
+                "frames, "
+                f"got {input.shape[1]}"
+            )
+        return input.shape[1] - R
+
+    def _reduce(self, input: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.time_reduction(self.input_linear(input), lengths)
+
+    def _output(self, x: jax.Array) -> jax.Array:
+        return self.layer_norm(self.output_linear(x))
+
+    # -- methods ---------------------------------------------------------------------------------
+
+    def __call__(self, input: jax.Array, lengths: jax.Array, deterministic: bool = True):
+        """Training and offline forward.
+
+        Args:
+            input: (B, T + R, input_dim) frames, sequence b's R right-context frames right after its valid
+                frames.
+            lengths: (B,) valid frames per sequence (0 <= lengths <= T), right context excluded.
+            deterministic: False applies dropout ('dropout' rng).
+
+        Returns:
+            output (B, (T + R) // stride - R // stride, output_dim), output lengths (B,) = lengths // stride.
+        """
+        self._check(input, lengths, "T + right_context_length")
+        T = self._check_utterance_frames(input)
+        _checks.lengths_in_range("source_lengths", lengths, 0, T)
+        x, reduced_lengths = self._reduce(input, lengths)
+        x, out_lengths = self.transformer(x, reduced_lengths, deterministic)
+        return self._output(x), out_lengths
+
+    def infer(self, input: jax.Array, lengths: jax.Array, state: EmformerState | None = None):
+        """One streaming step.
+
+        Args:
+            input: (B, S + R, input_dim) the next segment of every stream and its right context: a stream's v
+                valid frames first, then anything up to S frames, then the R frames that follow its valid
+                frames (torchaudio's layout).
+            lengths: (B,) valid frames in ``input``, right context included (torchaudio's convention): v + R,
+                or 0 for a stream with nothing new (its state is kept).
+            state: from the previous step, or None for fresh streams.
+
+        A partial chunk's last v % stride valid frames do not fill a reduced frame: time reduction drops them
+        from the segment and they open its right context, as in the offline forward, so streaming equals
+        ``__call__`` for every length.
+
+        Returns:
+            output (B, S // stride, output_dim), output lengths (B,) =
+            max(lengths // stride - R // stride, 0), and the new state.
+        """
+        S, R = self.segment_length, self.right_context_length
+        self._check(input, lengths, "segment_length + right_context_length")
+        if input.shape[1] != S + R:
+            raise ValueError(
+                f"sources: expected segment_length + right_context_length = {S + R} frames per step, "
+                f"got {input.shape[1]}"
+            )
+        _checks.lengths_in_range("source_lengths", lengths, 0, S + R)
+        # Right context = the R frames after the last whole stride group of valid frames, in the stream's own
+        # order (valid frames, then its right-context block); the identity for a full segment.
+        valid = jnp.clip(lengths - R, 0, S)[:, None]
+        position = valid // self.time_reduction_stride * self.time_reduction_stride + jnp.arange(R)[None, :]
+        rc_index = jnp.where(position < valid, position, S + position - valid)
+        right_context = jnp.take_along_axis(input, rc_index[..., None], axis=1)
+        input = jnp.concatenate([input[:, :S], right_context], axis=1)
+        x, reduced_lengths = self._reduce(input, lengths)
+        x, out_lengths, state = self.transformer.infer(x, reduced_lengths, state)
+        return self._output(x), out_lengths, state
+
+    def stream(self, input: jax.Array, lengths: jax.Array, state: EmformerState | None = None):
+        """Whole utterances streamed segment by segment (one ``lax.scan`` over the transformer's step); the
+        arguments and outputs of ``__call__``, plus the state after each stream's last segment."""
+        self._check(input, lengths, "T + right_context_length")
+        T = self._check_utterance_frames(input)
+        _checks.lengths_in_range("source_lengths", lengths, 0, T)
+        x, reduced_lengths = self._reduce(input, lengths)
+        x, out_lengths, state = self.transformer.stream(x, reduced_lengths, state)
+        return self._output(x), out_lengths, state
+
+
+class ConvEmformerTranscriber(EmformerTranscriber):
+    """EmformerTranscriber with a ConvEmformer as its transformer (``transformer_activation`` is the
+    ConvEmformer's ``ffn_activation``; ``transformer_kernel_size`` its depthwise convolution kernel size,
+    required; ``transformer_conv_activation`` its convolution module activation)."""
+
+    transformer_kernel_size: int | None = None
+    transformer_conv_activation: str = "silu"
+
+    @nn.nowrap
+    def _make_transformer(self, **kwargs) -> nn.Module:
+        from .conv_emformer import ConvEmformer
+
+        _checks.positive_int("transformer_kernel_size", self.transformer_kernel_size)
+        return ConvEmformer(
+            kernel_size=self.transformer_kernel_size,
+            ffn_activation=self.transformer_activation,
+            conv_activation=self.transformer_conv_activation,
+            **self._transformer_kwargs(),
+            **kwargs,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# The transducer
+
+
+class RNNT(nn.Module):
+    """Recurrent neural network transducer: transcriber, predictor and joiner, as torchaudio.models.RNNT.
+
+    Build with a factory (``emformer_rnnt_model``, ``emformer_rnnt_base``, ``conv_emformer_rnnt_model``) and
+    call methods through ``model.apply(variables, ..., method=...)``:
+
+    - ``__call__`` (training): logits (B, T', U, V), source and target lengths, predictor state;
+    - ``transcribe`` (offline), ``transcribe_streaming`` (one segment), ``transcribe_stream`` (a whole
+      utterance as one scan over segments), ``predict``, ``join``, ``joint_logits`` (the joiner without
+      lengths);
+    - on the unbound module: ``init_transcriber_state``, ``init_predictor_state``, ``example_inputs``.
+
+    Example:
+        >>> model = emformer_rnnt_base(num_symbols=4097)
+        >>> variables = model.init(jax.random.key(0), *model.example_inputs())
+        >>> chunk = jnp.zeros((1, 20, 80))                        # S + R = 16 + 4 feature frames
+        >>> state = model.init_transcriber_state(1)
+        >>> encodings, lengths, state = model.apply(
+        ...     variables, chunk, jnp.array([20]), state, method="transcribe_streaming")   # (1, 4, 1024)
+    """
+
+    transcriber: EmformerTranscriber
+    predictor: Predictor
+    joiner: Joiner
+
+    # -- configuration and state -----------------------------------------------------------------
+
+    @property
+    def num_symbols(self) -> int:
+        return self.predictor.num_symbols
+
+    @property
+    def segment_length(self) -> int:
+        """S, input frames per streaming step (before right context)."""
+        return self.transcriber.segment_length
+
+    @property
+    def right_context_length(self) -> int:
+        """R, look-ahead input frames per streaming step."""
+        return self.transcriber.right_context_length
+
+    @nn.nowrap
+    def init_transcriber_state(self, batch_size: int, dtype: Dtype = jnp.float32) -> EmformerState:
+        """A fresh transcriber (Emformer) streaming state for ``batch_size`` streams."""
+        return self.transcriber.init_state(batch_size, dtype)
+
+    @nn.nowrap
+    def init_predictor_state(self, batch_size: int, dtype: Dtype = jnp.float32) -> PredictorState:
+        """The predictor's zero state (what ``None`` means) for ``batch_size`` sequences."""
+        return self.predictor.init_state(batch_size, dtype)
+
+    @nn.nowrap
+    def example_inputs(self) -> tuple[jax.Array, ...]:
+        """Arguments for ``model.init(rng, *model.example_inputs())``: one segment and two target tokens."""
+        sources, source_lengths = self.transcriber.example_inputs()
+        targets, target_lengths = self.predictor.example_inputs()
+        return sources, source_lengths, targets, target_lengths
+
+    # -- methods ---------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        sources: jax.Array,
+        source_lengths: jax.Array,
+        targets: jax.Array,
+        target_lengths: jax.Array,
+        predictor_state: PredictorState | None = None,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, jax.Array, jax.Array, PredictorState]:
+        """Training forward.
+
+        Args:
+            sources: (B, T + R, input_dim) feature frames right-padded with the right context.
+            source_lengths: (B,) valid frames per sequence, right context excluded.
+            targets: (B, U) target tokens in [0, num_symbols).
+            target_lengths: (B,) valid tokens per sequence.
+            predictor_state: from a previous call, or None for zeros.
+            deterministic: False applies dropout ('dropout' rng).
+
+        Returns:
+            logits (B, T', U, V) with T' = (T + R) // stride - R // stride, source lengths (B,) (// stride),
+            target lengths (B,), and the predictor state.
+        """
+        # The predictor first: its checks are the cheaper ones to fail on.
+        target_encodings, target_lengths, predictor_state = self.predictor(
+            targets, target_lengths, predictor_state, deterministic
+        )
+        source_encodings, source_lengths = self.transcriber(sources, source_lengths, deterministic)
+        logits, source_lengths, target_lengths = self.joiner(
+            source_encodings, source_lengths, target_encodings, target_lengths
+        )
+        return logits, source_lengths, target_lengths, predictor_state
+
+    def transcribe(self, sources: jax.Array, source_lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Offline transcription network: sources (B, T + R, input_dim), source_lengths (B,) (right context
+        excluded) -> encodings (B, T', D), lengths (B,)."""
+        return self.transcriber(sources, source_lengths, True)
+
+    def transcribe_streaming(
+        self, sources: jax.Array, source_lengths: jax.Array, state: EmformerState | None
+    ) -> tuple[jax.Array, jax.Array, EmformerState]:
+        """One streaming step: sources (B, S + R, input_dim), source_lengths (B,) valid frames in the chunk
+        with the right context (torchaudio's convention), state (None: fresh) -> encodings
+        (B, S // stride, D), lengths (B,), new state."""
+        return self.transcriber.infer(sources, source_lengths, state)
+
+    def transcribe_stream(
+        self, sources: jax.Array, source_lengths: jax.Array, state: EmformerState | None = None
+    ) -> tuple[jax.Array, jax.Array, EmformerState]:
+        """Whole utterances streamed as one ``lax.scan`` over streaming steps: the arguments and outputs of
+        ``transcribe``, plus the final state. Equals looping ``transcribe_streaming`` over the chunks."""
+        return self.transcriber.stream(sources, source_lengths, state)
+
+    def predict(
+        self, targets: jax.Array, target_lengths: jax.Array, state: PredictorState | None
+    ) -> tuple[jax.Array, jax.Array, PredictorState]:
+        """Prediction network: targets (B, U), target_lengths (B,), state (None: zeros) -> encodings
+        (B, U, D), lengths (B,), state after each sequence's valid tokens."""
+        return self.predictor(targets, target_lengths, state, True)
+
+    def join(
+        self,
+        source_encodings: jax.Array,
+        source_lengths: jax.Array,
+        target_encodings: jax.Array,
+        target_lengths: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Joint network: (B, T, D) and (B, U, D) encodings -> logits (B, T, U, V), source and target
+        lengths."""
+        return self.joiner(source_encodings, source_lengths, target_encodings, target_lengths)
+
+    def joint_logits(self, source_encodings: jax.Array, target_encodings: jax.Array) -> jax.Array:
+        """The joiner without lengths: (B, T, D), (B, U, D) -> logits (B, T, U, V)."""
+        return self.joiner.logits(source_encodings, target_encodings)
+
+
+def joiner_fn(model: RNNT, variables) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """A pure function ``(source_encodings (B, Tc, D), target_encodings (B, U, D)) -> logits (B, Tc, U, V)``
+    of ``model``'s joiner with ``variables`` (traced parameters work: use it inside jit and grad), e.g. for a
+    memory-efficient RNN-T loss that calls the joiner on chunks of frames."""
+
+    def join(source_encodings: jax.Array, target_encodings: jax.Array) -> jax.Array:
+        return model.apply(variables, source_encodings, target_encodings, method=RNNT.joint_logits)
+
+    return join
+
+
+# ----------------------------------------------------------------------------------------------------
+# Factories
+
+
+def _predictor_and_joiner(
+    encoding_dim,
+    num_symbols,
+    symbol_embedding_dim,
+    num_lstm_layers,
+    lstm_layer_norm,
+    lstm_layer_norm_epsilon,
+    lstm_dropout,
+    dtype,
+    param_dtype,
+):
+    predictor = Predictor(
+        num_symbols=num_symbols,
+        output_dim=encoding_dim,
+        symbol_embedding_dim=symbol_embedding_dim,
+        num_lstm_layers=num_lstm_layers,
+        lstm_hidden_dim=symbol_embedding_dim,
+        lstm_layer_norm=lstm_layer_norm,
+        lstm_layer_norm_epsilon=lstm_layer_norm_epsilon,
+        lstm_dropout=lstm_dropout,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        parent=None,
+    )
+    joiner = Joiner(encoding_dim, num_symbols, dtype=dtype, param_dtype=param_dtype, parent=None)
+    return predictor, joiner
+
+
+def emformer_rnnt_model(
+    *,
+    input_dim: int,
+    encoding_dim: int,
+    num_symbols: int,
+    segment_length: int,
+    right_context_length: int,
+    time_reduction_input_dim: int,
+    time_reduction_stride: int,
+    transformer_num_heads: int,
+    transformer_ffn_dim: int,
+    transformer_num_layers: int,
+    transformer_dropout: float,
+    transformer_activation: str,
+    transformer_left_context_length: int,
+    transformer_max_memory_size: int,
+    transformer_weight_init_scale_strategy: str | None,
+    transformer_tanh_on_mem: bool,
+    symbol_embedding_dim: int,
+    num_lstm_layers: int,
+    lstm_layer_norm: bool,
+    lstm_layer_norm_epsilon: float,
+    lstm_dropout: float,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+) -> RNNT:
+    """Builds the Emformer RNN-T: torchaudio.models.emformer_rnnt_model's keywords, meanings and parameter
+    names, then ``dtype`` (computation) and ``param_dtype``.
+
+    segment_length and right_context_length count input frames and must be multiples of time_reduction_stride
+    (the Emformer runs on segment_length // stride and right_context_length // stride reduced frames, as in
+    torchaudio). The predictor's LSTM hidden size is symbol_embedding_dim; the joiner's activation is relu.
+    """
+    transcriber = EmformerTranscriber(
+        input_dim=input_dim,
+        output_dim=encoding_dim,
+        segment_length=segment_length,
+        right_context_length=right_context_length,
+        time_reduction_input_dim=time_reduction_input_dim,
+        time_reduction_stride=time_reduction_stride,
+        transformer_num_heads=transformer_num_heads,
+        transformer_ffn_dim=transformer_ffn_dim,
+        transformer_num_layers=transformer_num_layers,
+        transformer_left_context_length=transformer_left_context_length,
+        transformer_dropout=transformer_dropout,
+        transformer_activation=transformer_activation,
+        transformer_max_memory_size=transformer_max_memory_size,
+        transformer_weight_init_scale_strategy=transformer_weight_init_scale_strategy,
+        transformer_tanh_on_mem=transformer_tanh_on_mem,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        parent=None,
+    )
+    predictor, joiner = _predictor_and_joiner(
+        encoding_dim,
+        num_symbols,
+        symbol_embedding_dim,
+        num_lstm_layers,
+        lstm_layer_norm,
+        lstm_layer_norm_epsilon,
+        lstm_dropout,
+        dtype,
+        param_dtype,
+    )
+    return RNNT(transcriber=transcriber, predictor=predictor, joiner=joiner, parent=None)
+
+
+def emformer_rnnt_base(num_symbols: int, *, dtype: Dtype = None, param_dtype: Dtype = jnp.float32) -> RNNT:
+    """torchaudio.models.emformer_rnnt_base: the configuration of torchaudio's LibriSpeech Emformer RNN-T
+    (80 mel features, 1024-dim encodings, 20 Emformer layers, segments of 16 + 4 frames, stride 4)."""
+    return emformer_rnnt_model(
+        input_dim=80,
+        encoding_dim=1024,
+        num_symbols=num_symbols,
+        segment_length=16,
+        right_context_length=4,
+        time_reduction_input_dim=128,
+        time_reduction_stride=4,
+        transformer_num_heads=8,
+        transformer_ffn_dim=2048,
+        transformer_num_layers=20,
+        transformer_dropout=0.1,
+        transformer_activation="gelu",
+        transformer_left_context_length=30,
+        transformer_max_memory_size=0,
+        transformer_weight_init_scale_strategy="depthwise",
+        transformer_tanh_on_mem=True,
+        symbol_embedding_dim=512,
+        num_lstm_layers=3,
+        lstm_layer_norm=True,
+        lstm_layer_norm_epsilon=1e-3,
+        lstm_dropout=0.3,
+        dtype=dtype,
+        param_dtype=param_dtype,
+    )
+
+
+def conv_emformer_rnnt_model(
+    *,
+    input_dim: int,
+    encoding_dim: int,
+    num_symbols: int,
+    segment_length: int,
+    right_context_length: int,
+    time_reduction_input_dim: int,
+    time_reduction_stride: int,
+    transformer_num_heads: int,
+    transformer_ffn_dim: int,
+    transformer_num_layers: int,
+    transformer_kernel_size: int,
+    transformer_dropout: float,
+    transformer_activation: str,
+    transformer_left_context_length: int,
+    transformer_max_memory_size: int,
+    transformer_weight_init_scale_strategy: str | None,
+    transformer_tanh_on_mem: bool,
+    symbol_embedding_dim: int,
+    num_lstm_layers: int,
+    lstm_layer_norm: bool,
+    lstm_layer_norm_epsilon: float,
+    lstm_dropout: float,
+    transformer_conv_activation: str = "silu",
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+) -> RNNT:
+    """The Emformer RNN-T with a ConvEmformer transcriber (torchaudio.prototype.models.ConvEmformer).
+
+    emformer_rnnt_model's keywords plus ``transformer_kernel_size`` (the ConvEmformer's ``kernel_size``) and
+    ``transformer_conv_activation`` (its ``conv_activation``, default "silu"); ``transformer_activation`` is
+    the ConvEmformer's ``ffn_activation``. The torchaudio counterpart is torchaudio's RNNT whose
+    ``transcriber.transformer`` is that ConvEmformer: the parameter names are the same with the ConvEmformer's
+    layers under ``transcriber.transformer``.
+    """
+    transcriber = ConvEmformerTranscriber(
+        input_dim=input_dim,
+        output_dim=encoding_dim,
+        segment_length=segment_length,
+        right_context_length=right_context_length,
+        time_reduction_input_dim=time_reduction_input_dim,
+        time_reduction_stride=time_reduction_stride,
+        transformer_num_heads=transformer_num_heads,
+        transformer_ffn_dim=transformer_ffn_dim,
+        transformer_num_layers=transformer_num_layers,
+        transformer_left_context_length=transformer_left_context_length,
+        transformer_dropout=transformer_dropout,
+        transformer_activation=transformer_activation,
+        transformer_max_memory_size=transformer_max_memory_size,
+        transformer_weight_init_scale_strategy=transformer_weight_init_scale_strategy,
+        transformer_tanh_on_mem=transformer_tanh_on_mem,
+        transformer_kernel_size=transformer_kernel_size,
+        transformer_conv_activation=transformer_conv_activation,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        parent=None,
+    )
+    predictor, joiner = _predictor_and_joiner(
+        encoding_dim,
+        num_symbols,
+        symbol_embedding_dim,
+        num_lstm_layers,
+        lstm_layer_norm,
+        lstm_layer_norm_epsilon,
+        lstm_dropout,
+        dtype,
+        param_dtype,
+    )
+    return RNNT(transcriber=transcriber, predictor=predictor, joiner=joiner, parent=None)
