@@ -98,7 +98,7 @@ def main() -> None:
         f" torch {torch.__version__} with {THREADS} threads\n"
     )
 
-    forward = jax.jit(lambda v, x, l: model.apply(v, x, l)[0])
+    forward = jax.jit(lambda v, x, n: model.apply(v, x, n)[0])
     print("## O(T) forward, batch 1\n")
     print(
         "| T (frames) | streamformer ms | ms/frame | XLA peak MB | MB/frame | torchaudio ms | ms/frame | speed-up |"
@@ -126,7 +126,7 @@ def main() -> None:
     print("\n## Streaming, batch 1\n")
     T = base
     x = rng.standard_normal((1, T + R, D)).astype(np.float32)
-    infer = jax.jit(lambda v, c, l, s: model.apply(v, c, l, s, method="infer"))
+    infer = jax.jit(lambda v, c, n, s: model.apply(v, c, n, s, method="infer"))
     chunks = [jnp.asarray(x[:, i * S : i * S + S + R]) for i in range(T // S)]
     full = jnp.array([S + R])
 
@@ -144,7 +144,7 @@ def main() -> None:
             for chunk in torch_chunks:
                 _, _, states = torch_model.infer(chunk, torch.tensor([S + R]), states)
 
-    stream = jax.jit(lambda v, x, l: model.apply(v, x, l, method="stream")[0])
+    stream = jax.jit(lambda v, x, n: model.apply(v, x, n, method="stream")[0])
     xj, lj = jnp.asarray(x), jnp.array([T])
     ours_step = timed(ours_loop, args.repeats) / len(chunks)
     torch_step = timed(torch_loop, args.repeats) / len(chunks)
@@ -163,7 +163,8 @@ def main() -> None:
     xb = jnp.asarray(rng.standard_normal((batch, T + R, D)).astype(np.float32))
     ours_batch = timed(lambda: block(stream(variables, xb, jnp.full((batch,), T))), max(1, args.repeats - 1))
     print(
-        f"| {batch} streams in one batch, streamed | {ours_batch * 1e3:.1f} ms | {torch_step * len(chunks) * batch * 1e3:.1f}"
+        f"| {batch} streams in one batch, streamed | {ours_batch * 1e3:.1f} ms |"
+        f" {torch_step * len(chunks) * batch * 1e3:.1f}"
         f" ms ({batch} x one-stream loop) | {torch_step * len(chunks) * batch / ours_batch:.2f}x |"
     )
 

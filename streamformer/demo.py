@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     variables = model.init(jax.random.key(0), x, lengths)
     print(f"{type(model).__name__}: {T} frames, segments of {S} + {R} right-context frames")
 
-    forward = jax.jit(lambda v, x, l: model.apply(v, x, l)[0])
-    stream = jax.jit(lambda v, x, l: model.apply(v, x, l, method="stream")[0])
-    infer = jax.jit(lambda v, c, l, s: model.apply(v, c, l, s, method="infer"))
+    forward = jax.jit(lambda v, x, n: model.apply(v, x, n)[0])
+    stream = jax.jit(lambda v, x, n: model.apply(v, x, n, method="stream")[0])
+    infer = jax.jit(lambda v, c, n, s: model.apply(v, c, n, s, method="infer"))
     full = forward(variables, x, lengths)
     streamed = stream(variables, x, lengths)
     start = time.perf_counter()

@@ -155,9 +155,9 @@ def memory_model(torchaudio_ref, request):
         reference,
         model,
         variables,
-        jax.jit(lambda v, x, l: model.apply(v, x, l)),
-        jax.jit(lambda v, x, l, s: model.apply(v, x, l, s, method="infer")),
-        jax.jit(lambda v, x, l: model.apply(v, x, l, method="stream")),
+        jax.jit(lambda v, x, n: model.apply(v, x, n)),
+        jax.jit(lambda v, x, n, s: model.apply(v, x, n, s, method="infer")),
+        jax.jit(lambda v, x, n: model.apply(v, x, n, method="stream")),
     )
 
 
@@ -267,9 +267,9 @@ def test_one_compiled_step_serves_every_segment(memory_model):
     traces = []
 
     @jax.jit
-    def step(v, x, l, s):
+    def step(v, x, n, s):
         traces.append(1)
-        return model.apply(v, x, l, s, method="infer")
+        return model.apply(v, x, n, s, method="infer")
 
     state = model.init_state(2)
     for _ in range(4):
