@@ -273,10 +273,15 @@ def greedy_frames(
     return state
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def _transcribe(model, variables, sources, source_lengths):
+    """The offline transcriber, compiled once per model and input shape and shared by every search."""
+    return model.apply(variables, sources, source_lengths, method="transcribe")
+
+
 @functools.partial(jax.jit, static_argnames=("model", "blank", "max_symbols_per_step", "max_tokens"))
-def _greedy_offline(model, variables, sources, source_lengths, *, blank, max_symbols_per_step, max_tokens):
-    encodings, lengths = model.apply(variables, sources, source_lengths, method="transcribe")
-    state = init_greedy_state(model, variables, sources.shape[0], blank=blank, max_tokens=max_tokens)
+def _greedy_encoded(model, variables, encodings, lengths, *, blank, max_symbols_per_step, max_tokens):
+    state = init_greedy_state(model, variables, encodings.shape[0], blank=blank, max_tokens=max_tokens)
     state = greedy_frames(
         model, variables, state, encodings, lengths, blank=blank, max_symbols_per_step=max_symbols_per_step
     )
@@ -303,10 +308,10 @@ def greedy_search(
     _checks.positive_int("max_symbols_per_step", max_symbols_per_step)
     sources, source_lengths = jnp.asarray(sources), jnp.asarray(source_lengths)
     _check_sources(model, sources, source_lengths)
-    frames = sources.shape[1] // model.transcriber.time_reduction_stride
-    tokens, lengths = _greedy_offline(
-        model, variables, sources, source_lengths.astype(jnp.int32), blank=blank,
-        max_symbols_per_step=max_symbols_per_step, max_tokens=max(1, frames * max_symbols_per_step),
+    encodings, encoding_lengths = _transcribe(model, variables, sources, source_lengths.astype(jnp.int32))
+    tokens, lengths = _greedy_encoded(
+        model, variables, encodings, encoding_lengths, blank=blank, max_symbols_per_step=max_symbols_per_step,
+        max_tokens=max(1, encodings.shape[1] * max_symbols_per_step),
     )
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     return [tokens[b, : lengths[b]].tolist() for b in range(len(lengths))]
@@ -518,10 +523,9 @@ def beam_frames(
 @functools.partial(
     jax.jit, static_argnames=("model", "beam_width", "blank", "step_max_tokens", "capacity", "max_tokens")
 )
-def _beam_offline(model, variables, sources, source_lengths, temperature, *, beam_width, blank, step_max_tokens,
+def _beam_encoded(model, variables, encodings, lengths, temperature, *, beam_width, blank, step_max_tokens,
                   capacity, max_tokens):
-    encodings, lengths = model.apply(variables, sources, source_lengths, method="transcribe")
-    state = init_beam_state(model, variables, sources.shape[0], beam_width, blank=blank, max_tokens=max_tokens)
+    state = init_beam_state(model, variables, encodings.shape[0], beam_width, blank=blank, max_tokens=max_tokens)
     return beam_frames(
         model, variables, state, encodings, lengths, blank=blank, temperature=temperature,
         step_max_tokens=step_max_tokens, expansion_capacity=capacity,
@@ -532,6 +536,17 @@ def _overflowed(state: BeamState) -> tuple[bool, bool]:
     """(pool overflow, token buffer overflow) anywhere in the batch."""
     used = np.asarray(state.lengths)[np.asarray(state.scores) > -np.inf]
     return bool(np.any(np.asarray(state.overflow))), bool(used.size and used.max() > state.tokens.shape[-1])
+
+
+def _more_room(state: BeamState, capacity: int, max_tokens: int, pool_overflow: bool, step_max_tokens: int):
+    """Room for a rerun after an overflow: 4x the expansions, tokens for the longest hypothesis seen (rounded
+    up to a power of two, with margin)."""
+    if pool_overflow:
+        capacity = min(4 * capacity, max(step_max_tokens, 1))
+    longest = int(np.asarray(state.lengths).max())
+    if longest > max_tokens:
+        max_tokens = 1 << (2 * longest - 1).bit_length()
+    return capacity, max_tokens
 
 
 def _hypotheses(state: BeamState) -> list[list[Hypothesis]]:
@@ -545,7 +560,7 @@ def _hypotheses(state: BeamState) -> list[list[Hypothesis]]:
 
 def beam_search(
     model, variables, sources: jax.Array, source_lengths: jax.Array, *, beam_width: int, blank: int = -1,
-    temperature: float = 1.0, step_max_tokens: int = 100, expansion_capacity: int = 4, max_tokens: int | None = None,
+    temperature: float = 1.0, step_max_tokens: int = 100, expansion_capacity: int = 8, max_tokens: int | None = None,
 ) -> list[list[Hypothesis]]:
     """torchaudio's RNNTBeamSearch (``forward``), batched over utterances and compiled into one program.
 
@@ -574,23 +589,20 @@ def beam_search(
         raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
     sources, source_lengths = jnp.asarray(sources), jnp.asarray(source_lengths)
     _check_sources(model, sources, source_lengths)
+    encodings, encoding_lengths = _transcribe(model, variables, sources, source_lengths.astype(jnp.int32))
     if max_tokens is None:
-        max_tokens = 2 * (sources.shape[1] // model.transcriber.time_reduction_stride) + 16
+        max_tokens = 2 * encodings.shape[1] + 16
     _checks.positive_int("max_tokens", max_tokens)
     capacity = min(expansion_capacity, max(step_max_tokens, 1))
     while True:
-        state = _beam_offline(
-            model, variables, sources, source_lengths.astype(jnp.int32), jnp.float32(temperature),
-            beam_width=beam_width, blank=blank, step_max_tokens=step_max_tokens, capacity=capacity,
-            max_tokens=max_tokens,
+        state = _beam_encoded(
+            model, variables, encodings, encoding_lengths, jnp.float32(temperature), beam_width=beam_width,
+            blank=blank, step_max_tokens=step_max_tokens, capacity=capacity, max_tokens=max_tokens,
         )
         pool_overflow, token_overflow = _overflowed(state)
         if not (pool_overflow or token_overflow):
             return _hypotheses(state)
-        if pool_overflow:
-            capacity = min(2 * capacity, step_max_tokens)
-        if token_overflow:
-            max_tokens *= 2
+        capacity, max_tokens = _more_room(state, capacity, max_tokens, pool_overflow, step_max_tokens)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -634,7 +646,7 @@ class StreamingDecoder:
     def __init__(
         self, model, variables, *, beam_width: int = 4, greedy: bool = False, blank: int = -1,
         temperature: float = 1.0, step_max_tokens: int = 100, max_symbols_per_step: int = 10,
-        max_tokens: int = 1024, expansion_capacity: int = 4,
+        max_tokens: int = 1024, expansion_capacity: int = 8,
     ) -> None:
         self.model, self.variables, self.greedy = model, variables, bool(greedy)
         self.blank = _check_blank(model, blank)
@@ -648,17 +660,24 @@ class StreamingDecoder:
         self.temperature, self.step_max_tokens = float(temperature), step_max_tokens
         self.max_symbols_per_step, self.max_tokens = max_symbols_per_step, max_tokens
         self.capacity = min(expansion_capacity, max(step_max_tokens, 1))
-        self._steps = {}
+        self._steps, self._inits = {}, {}
 
     def init(self, batch_size: int) -> StreamingDecoderState:
         """Fresh state for ``batch_size`` streams."""
-        if self.greedy:
-            search = init_greedy_state(self.model, self.variables, batch_size, blank=self.blank,
-                                       max_tokens=self.max_tokens)
-        else:
-            search = init_beam_state(self.model, self.variables, batch_size, self.beam_width, blank=self.blank,
-                                     max_tokens=self.max_tokens)
-        return StreamingDecoderState(transcriber=self.model.init_transcriber_state(batch_size), search=search)
+        _checks.positive_int("batch_size", batch_size)
+        if batch_size not in self._inits:
+            model, blank = self.model, self.blank
+
+            def init(variables):
+                if self.greedy:
+                    search = init_greedy_state(model, variables, batch_size, blank=blank, max_tokens=self.max_tokens)
+                else:
+                    search = init_beam_state(model, variables, batch_size, self.beam_width, blank=blank,
+                                             max_tokens=self.max_tokens)
+                return StreamingDecoderState(transcriber=model.init_transcriber_state(batch_size), search=search)
+
+            self._inits[batch_size] = jax.jit(init)
+        return self._inits[batch_size](self.variables)
 
     def reset(self, state: StreamingDecoderState, mask: jax.Array) -> StreamingDecoderState:
         """``state`` with the streams where ``mask`` (B,) is True started afresh (new utterances)."""
@@ -727,12 +746,11 @@ class StreamingDecoder:
             pool_overflow, token_overflow = _overflowed(new.search)
             if not (pool_overflow or token_overflow) or bool(np.any(np.asarray(state.search.overflow))):
                 return new
-            if pool_overflow:
-                self.capacity = min(2 * self.capacity, max(self.step_max_tokens, 1))
-            if token_overflow:
-                grow = state.search.tokens.shape[-1]
+            slots = state.search.tokens.shape[-1]
+            self.capacity, wanted = _more_room(new.search, self.capacity, slots, pool_overflow, self.step_max_tokens)
+            if wanted > slots:
                 state = state.replace(search=state.search.replace(
-                    tokens=jnp.pad(state.search.tokens, ((0, 0), (0, 0), (0, grow)))))
+                    tokens=jnp.pad(state.search.tokens, ((0, 0), (0, 0), (0, wanted - slots)))))
             new = self._step_fn(self.capacity)(self.variables, state, features, lengths, temperature)
 
     def result(self, state: StreamingDecoderState) -> list:
