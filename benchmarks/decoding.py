@@ -29,7 +29,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from streamformer.decoding import StreamingDecoder, beam_search, greedy_search  # noqa: E402
@@ -77,10 +76,14 @@ def main() -> None:
     batch_features = rng.standard_normal((args.batch, FRAMES + R, MELS)).astype(np.float32)
     features, lengths = batch_features[:1], np.full((args.batch,), FRAMES, np.int32)
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} "
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"jax {jax.__version__} "
         f"({jax.devices()[0].device_kind}), {versions}"
     )
-    print(f"input: {FRAMES} frames + {R} right context, {MELS} mels; batch {args.batch}; median of {args.repeats}")
+    print(
+        f"input: {FRAMES} frames + {R} right context, {MELS} mels; batch {args.batch}; "
+        f"median of {args.repeats}"
+    )
     r = args.repeats
     rows = []
 
@@ -89,6 +92,7 @@ def main() -> None:
             return searcher(torch.from_numpy(features[0]), torch.tensor(FRAMES), beam)
 
     for beam in args.beams:
+
         def ours_1(beam=beam):
             return beam_search(model, variables, features, lengths[:1], beam_width=beam)
 
@@ -108,9 +112,11 @@ def main() -> None:
             hypos = theirs(beam)
             same = list(hypos[0][0][1:]) == best.tokens
             diff = abs(float(hypos[0][3]) - best.score)
-            print(f"beam {beam}: top hypothesis {'equal' if same else 'DIFFERENT'} to torchaudio's "
-                  f"({len(best.tokens)} tokens, score difference {diff:.2e})")
-            line["theirs"] = median_time(lambda: theirs(beam), r)
+            print(
+                f"beam {beam}: top hypothesis {'equal' if same else 'DIFFERENT'} to torchaudio's "
+                f"({len(best.tokens)} tokens, score difference {diff:.2e})"
+            )
+            line["theirs"] = median_time(lambda beam=beam: theirs(beam), r)
         rows.append(line)
         print(line, flush=True)
 
@@ -140,8 +146,9 @@ def main() -> None:
                 hypos, state = None, None
                 with torch.no_grad():
                     for chunk in chunks:
-                        hypos, state = searcher.infer(torch.from_numpy(chunk[0]), torch.tensor(S + R), beam,
-                                                      state, hypos)
+                        hypos, state = searcher.infer(
+                            torch.from_numpy(chunk[0]), torch.tensor(S + R), beam, state, hypos
+                        )
                 return hypos
 
             ours_stream(1)
@@ -161,21 +168,33 @@ def main() -> None:
         ths = f"{th:.3f} s" if th else "-"
         thn = f"{n * th:.1f} s (batch-1 time x {n})" if th else "-"
         print(f"| beam {beam}, 10 s, batch 1 (per utterance) | {ths} | {t1:.3f} s | {sp1} |")
-        print(f"| beam {beam}, {n} x 10 s in one batch | {thn} | {tn:.2f} s ({tn / n:.3f} s per utterance) | "
-              f"{spn} |")
+        print(
+            f"| beam {beam}, {n} x 10 s in one batch | {thn} | {tn:.2f} s ({tn / n:.3f} s per utterance) | "
+            f"{spn} |"
+        )
     print(f"| greedy, 10 s, batch 1 | - | {g1:.3f} s | - |")
     print(f"| greedy, {n} x 10 s in one batch | - | {gn:.2f} s ({gn / n:.3f} s per utterance) | - |")
     for beam, s1, sn, st, segments in stream_rows:
         sp = f"{st / s1:.2f}x" if st else "-"
         sts = f"{st:.3f} s ({1e3 * st / segments:.1f} ms/segment)" if st else "-"
-        print(f"| streaming beam {beam}, 10 s, batch 1 ({segments} steps) | {sts} | {s1:.3f} s "
-              f"({1e3 * s1 / segments:.1f} ms/segment) | {sp} |")
+        print(
+            f"| streaming beam {beam}, 10 s, batch 1 ({segments} steps) | {sts} | {s1:.3f} s "
+            f"({1e3 * s1 / segments:.1f} ms/segment) | {sp} |"
+        )
         spn = f"{n * st / sn:.1f}x" if st else "-"
-        print(f"| streaming beam {beam}, {n} streams x 10 s | {f'{n * st:.1f} s' if st else '-'} | {sn:.2f} s | "
-              f"{spn} |")
-    print("\ncompile times (first call, s): "
-          + ", ".join(f"beam {x['beam']}: {x['compile_1']:.1f} (batch 1), {x['compile_n']:.1f} (batch {n})"
-                      for x in rows) + f", greedy: {greedy_compile:.1f} (both)")
+        print(
+            f"| streaming beam {beam}, {n} streams x 10 s | {f'{n * st:.1f} s' if st else '-'} | "
+            f"{sn:.2f} s | "
+            f"{spn} |"
+        )
+    print(
+        "\ncompile times (first call, s): "
+        + ", ".join(
+            f"beam {x['beam']}: {x['compile_1']:.1f} (batch 1), {x['compile_n']:.1f} (batch {n})"
+            for x in rows
+        )
+        + f", greedy: {greedy_compile:.1f} (both)"
+    )
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 

@@ -96,7 +96,7 @@ def offline3(pair, sources):
 def _assert_same_hypotheses(ours: list[Hypothesis], theirs) -> None:
     """All of torchaudio's hypotheses, in order: tokens (theirs start with the blank) and scores."""
     assert len(ours) == len(theirs)
-    for hyp, (tokens, _, _, score) in zip(ours, theirs):
+    for hyp, (tokens, _, _, score) in zip(ours, theirs, strict=True):
         assert tokens[0] == BLANK
         assert hyp.tokens == list(tokens[1:])
         assert abs(hyp.score - float(score)) < SCORE_ATOL, (hyp.score, float(score))
@@ -195,8 +195,9 @@ def test_streaming_beam_matches_torchaudio_infer(pair, sources, torch_search, be
         hypos, ta_state = None, None
         for chunk in _chunks(x[b], n):
             with torch.no_grad():
-                hypos, ta_state = torch_search.infer(torch.from_numpy(chunk), torch.tensor(S + R), beam_width,
-                                               ta_state, hypos)
+                hypos, ta_state = torch_search.infer(
+                    torch.from_numpy(chunk), torch.tensor(S + R), beam_width, ta_state, hypos
+                )
         _assert_same_hypotheses(ours[b], hypos)
 
 
@@ -205,9 +206,9 @@ def test_streaming_beam_matches_torchaudio_infer(pair, sources, torch_search, be
 
 
 def test_streaming_equals_offline_with_staggered_streams_and_reset(pair, sources, beam_decoder, offline3):
-    """Slot 0 decodes utterance 0 from step 0; slot 1 starts utterance 1 at step 3; slot 2 decodes utterance 2,
-    is reset, then decodes utterance 1 from step 2. Every utterance must come out as offline beam search gives
-    it (offline3, checked against torchaudio on each utterance alone)."""
+    """Slot 0 decodes utterance 0 from step 0; slot 1 starts utterance 1 at step 3; slot 2 decodes
+    utterance 2, is reset, then decodes utterance 1 from step 2. Every utterance must come out as offline
+    beam search gives it (offline3, checked against torchaudio on each utterance alone)."""
     x, lengths = sources
     offline = offline3
     schedule = {0: (0, 0), 1: (1, 3), 2: (2, 0)}  # slot: (utterance, start step)
@@ -224,14 +225,17 @@ def test_streaming_equals_offline_with_staggered_streams_and_reset(pair, sources
         if step == 1:  # slot 2 has finished utterance 2 (2 segments): check it, then reuse the slot
             result = beam_decoder.result(decoder_state)[2]
             assert [h.tokens for h in result] == [h.tokens for h in offline[2]]
-            np.testing.assert_allclose([h.score for h in result], [h.score for h in offline[2]], atol=SCORE_ATOL)
+            np.testing.assert_allclose(
+                [h.score for h in result], [h.score for h in offline[2]], atol=SCORE_ATOL
+            )
             decoder_state = beam_decoder.reset(decoder_state, np.array([False, False, True]))
             schedule[2] = (1, 2)
     results = beam_decoder.result(decoder_state)
     for slot, (utt, _) in schedule.items():
         assert [h.tokens for h in results[slot]] == [h.tokens for h in offline[utt]]
-        np.testing.assert_allclose([h.score for h in results[slot]], [h.score for h in offline[utt]],
-                                   atol=SCORE_ATOL)
+        np.testing.assert_allclose(
+            [h.score for h in results[slot]], [h.score for h in offline[utt]], atol=SCORE_ATOL
+        )
 
 
 def test_overflow_grows_room_and_keeps_results(pair, sources):
