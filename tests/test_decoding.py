@@ -160,7 +160,16 @@ def test_greedy_streaming_equals_offline(pair, sources):
     for i in range(0, 40, S):
         valid = np.clip(lengths - i, 0, S)
         state = decoder.step(state, x[:, i : i + S + R], np.where(valid > 0, valid + R, 0))
-    assert decoder.result(state) == greedy_search(model, variables, x, lengths, max_symbols_per_step=3)
+    offline = greedy_search(model, variables, x, lengths, max_symbols_per_step=3)
+    assert decoder.result(state) == offline
+    # Slot 1 starts afresh on utterance 0 while the others stay as they were.
+    state = decoder.reset(state, np.array([False, True, False]))
+    assert decoder.result(state) == [offline[0], [], offline[2]]
+    for i in range(0, 40, S):
+        chunk = np.zeros((3, S + R, F), np.float32)
+        chunk[1] = x[0, i : i + S + R]
+        state = decoder.step(state, chunk, np.array([0, S + R, 0]))
+    assert decoder.result(state) == [offline[0], offline[0], offline[2]]
 
 
 # ------------------------------------------------------------------------------------------------------------
