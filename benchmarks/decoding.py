@@ -14,8 +14,8 @@ Measures, for 10 s of input (1000 feature frames of 80 mels, plus 4 right-contex
 Run: ``python benchmarks/decoding.py [--repeats N] [--torch-repeats N] [--batch 32] [--beams 4 10]
 [--no-torch]``. torch uses 2 threads (torch.set_num_threads(2)); XLA uses the machine's cores. Ours: medians
 over ``--repeats`` runs after a warm-up (compilation excluded); torchaudio (no compilation): median of its
-first run and ``--torch-repeats`` more. ``--no-torch`` times ours alone (e.g. on a GPU machine), with weights from
-``model.init``.
+first run and ``--torch-repeats`` more. ``--no-torch`` times ours alone (e.g. on a GPU machine), with weights
+from ``model.init``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--beams", type=int, nargs="+", default=[4, 10])
-    parser.add_argument("--torch-repeats", type=int, default=1, help="timed torchaudio runs besides the first")
+    parser.add_argument("--torch-repeats", type=int, default=1, help="torchaudio runs after the first")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--skip-streaming", action="store_true")
     args = parser.parse_args()
