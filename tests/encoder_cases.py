@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 import convert
+from streamformer import ConvEmformer, Emformer
 
 TOL = 1e-4
 
@@ -68,3 +69,22 @@ def tree_max_abs_diff(a, b) -> float:
         float(jnp.max(jnp.abs(x - y)))
         for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
     )
+
+
+D = 8
+
+
+def make_emformer(torchaudio_ref, num_layers=3, **kw):
+    config = dict(input_dim=D, num_heads=2, ffn_dim=16, num_layers=num_layers, **kw)
+    torch.manual_seed(len(str(kw)))
+    reference = torchaudio_ref.models.Emformer(**config)
+    model = Emformer(**config)
+    return reference, model, converted(reference, model)
+
+
+def make_conv_emformer(torchaudio_ref, num_layers=3, **kw):
+    config = dict(input_dim=D, num_heads=2, ffn_dim=16, num_layers=num_layers, **kw)
+    torch.manual_seed(len(str(kw)))
+    reference = torchaudio_ref.prototype.models.ConvEmformer(**config)
+    model = ConvEmformer(**config)
+    return reference, model, converted(reference, model)
