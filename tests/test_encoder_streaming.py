@@ -14,6 +14,8 @@ from streamformer import reset_streams
 from tests.encoder_cases import (
     D,
     assert_close,
+    make_conv_emformer,
+    make_emformer,
     padded_batch,
     torch_forward,
     torch_infer_loop,
