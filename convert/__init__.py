@@ -52,9 +52,10 @@ def torchaudio_key(path: tuple[str, ...]) -> str:
 
 
 def _to_torch_layout(leaf: str, array: np.ndarray) -> np.ndarray:
+    """A writable, C-contiguous copy in torch's layout (torch.from_numpy warns on read-only arrays)."""
     if leaf == "kernel":
-        return np.ascontiguousarray(array.T if array.ndim == 2 else np.transpose(array, (2, 1, 0)))
-    return np.asarray(array)
+        array = array.T if array.ndim == 2 else np.transpose(array, (2, 1, 0))
+    return np.array(array, order="C", copy=True)
 
 
 def _from_torch_layout(leaf: str, array: np.ndarray) -> np.ndarray:

@@ -622,10 +622,22 @@ def _read_audio(path: str, config: MelConfig) -> np.ndarray:
 
 
 def global_stats_of_files(paths: Iterable[str], config: MelConfig = MelConfig()) -> GlobalStats:
-    """compute_global_stats over audio files (wav, flac, ... read with soundfile), one utterance each."""
-    return compute_global_stats(
-        log_mel_spectrogram(_read_audio(path, config), config=config) for path in paths
-    )
+    """compute_global_stats over audio files (wav, flac, ... read with soundfile), one utterance each.
+
+    Each file is zero-padded to a whole number of seconds and featurized with its true length, so one
+    compilation serves every file of the same rounded duration instead of one per distinct length.
+    """
+
+    def features():
+        for path in paths:
+            samples = _read_audio(path, config)
+            width = max(-(-samples.shape[0] // config.sample_rate), 1) * config.sample_rate
+            padded = np.zeros((1, width), np.float32)
+            padded[0, : samples.shape[0]] = samples
+            lengths = np.array([samples.shape[0]], np.int32)
+            yield log_mel_spectrogram(padded, lengths, config=config), frame_lengths(lengths, config)
+
+    return compute_global_stats(features())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,220 @@
+"""ConvEmformer (Shi et al. 2022, "Streaming Transformer Transducer based Speech Recognition Using Non-Causal
+Convolution"), torchaudio.prototype.models.ConvEmformer in Flax.
+
+torchaudio shipped it as a prototype, deprecated it in 2.8 and removed it in 2.9; this is its maintained home.
+Layer: half-step feed-forward, layer norm, attention with memory and left context (shared with Emformer),
+the depthwise convolution module, half-step feed-forward, output layer norm.
+
+The convolution is causal over the utterance frames ([cache, frames]); each right-context block is convolved
+with the K - 1 frames that precede it in its own sequence: the end of its segment, or the end of the
+sequence for its last segment. So no convolution ever reads padding or another stream's frames.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from . import _checks
+from ._nn import ACTIVATIONS, Dtype, activation, dense, layer_norm, torch_default_bias_init
+from .attention import EmformerAttention, SegmentMasks
+from .streaming import StreamingEncoder, masked_segment_mean
+
+__all__ = ["ConvEmformer"]
+
+
+class _HalfStepFeedForward(nn.Module):
+    """torchaudio's _ResidualContainer(Sequential(LayerNorm, Linear, act, Dropout, Linear, Dropout), 0.5)."""
+
+    input_dim: int
+    ffn_dim: int
+    dropout: float
+    activation: str
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        drop = nn.Dropout(self.dropout)
+        h = dense(self.ffn_dim, fan_in=self.input_dim, name="module_1", **kw)(layer_norm(name="module_0", **kw)(x))
+        h = drop(activation(self.activation, "ffn_activation")(h), deterministic=deterministic)
+        h = drop(dense(self.input_dim, fan_in=self.ffn_dim, name="module_4", **kw)(h), deterministic=deterministic)
+        return 0.5 * h + x
+
+
+class _ConvolutionModule(nn.Module):
+    """torchaudio's _ConvolutionModule: LayerNorm, Linear + GLU, depthwise Conv1d, LayerNorm, activation, Linear."""
+
+    input_dim: int
+    kernel_size: int
+    activation: str = "silu"
+    dropout: float = 0.0
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, utterance, right_context, conv_cache, valid_frames, deterministic: bool):
+        """utterance (B, N, S, D), right_context (B, N, R, D), conv_cache (B, K - 1, D), valid_frames (B, N).
+        Returns utterance, right_context and the new cache (the K - 1 frames before segment 0's right context)."""
+        B, N, S, D = utterance.shape
+        R, K = right_context.shape[2], self.kernel_size
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        pre_norm = layer_norm(name="pre_conv_0", **kw)
+        pre_linear = dense(2 * D, fan_in=D, name="pre_conv_1", **kw)
+        conv = nn.Conv(D, (K,), padding="VALID", feature_group_count=D, bias_init=torch_default_bias_init(K),
+                       kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"), name="conv", **kw)
+        post_norm = layer_norm(name="post_conv_0", **kw)
+        post_linear = dense(D, fan_in=D, name="post_conv_2", **kw)
+        glu = lambda x: x[..., :D] * jax.nn.sigmoid(x[..., D:])  # noqa: E731
+
+        x_utterance = glu(pre_linear(pre_norm(utterance.reshape(B, N * S, D))))
+        history = jnp.concatenate([conv_cache.astype(x_utterance.dtype), x_utterance], axis=1)  # (B, K-1 + N*S, D)
+        conv_utterance = conv(history).reshape(B, N, S, D)
+        # Each block's K - 1 preceding frames end where its right context starts: segment end or sequence end.
+        rc_start = jnp.arange(N) * S + valid_frames  # (B, N), in frame coordinates; history is offset by K - 1
+        prefix_index = rc_start[..., None] + jnp.arange(K - 1)  # (B, N, K - 1) into history
+        prefix = jnp.take_along_axis(history, prefix_index.reshape(B, -1)[..., None], axis=1).reshape(B, N, K - 1, D)
+        new_cache = prefix[:, 0]
+        if R:
+            x_rc = glu(pre_linear(pre_norm(right_context)))
+            blocks = jnp.concatenate([prefix, x_rc], axis=2).reshape(B * N, K - 1 + R, D)
+            conv_rc = conv(blocks).reshape(B, N, R, D)
+        else:
+            conv_rc = right_context
+
+        act = activation(self.activation, "conv_activation")
+        drop = nn.Dropout(self.dropout)
+        post = lambda y: drop(post_linear(act(post_norm(y))), deterministic=deterministic)  # noqa: E731
+        return post(conv_utterance) + utterance, post(conv_rc) + right_context if R else right_context, new_cache
+
+
+class ConvEmformerLayer(nn.Module):
+    """torchaudio's _ConvEmformerLayer; parameter names follow torchaudio (ffn0.module.0 is ffn0/module_0, ...)."""
+
+    input_dim: int
+    num_heads: int
+    ffn_dim: int
+    kernel_size: int
+    dropout: float = 0.0
+    ffn_activation: str = "relu"
+    weight_init_gain: float | None = None
+    tanh_on_mem: bool = False
+    negative_inf: float = -1e8
+    conv_activation: str = "silu"
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        utterance: jax.Array,
+        right_context: jax.Array,
+        memory_bank: jax.Array,
+        left_keys: jax.Array,
+        left_values: jax.Array,
+        conv_cache: jax.Array,
+        masks: SegmentMasks,
+        deterministic: bool,
+    ):
+        """See StreamingEncoder. Returns (utterance, right_context, memory, keys, values, conv_cache)."""
+        D = self.input_dim
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        ffn = dict(input_dim=D, ffn_dim=self.ffn_dim, dropout=self.dropout, activation=self.ffn_activation, **kw)
+        ffn0, ffn1 = _HalfStepFeedForward(**ffn, name="ffn0"), _HalfStepFeedForward(**ffn, name="ffn1")
+        layer_norm_input = layer_norm(name="layer_norm_input", **kw)
+
+        # Unlike Emformer, the summary is the mean of the raw segment, which then goes through ffn0 and the norm.
+        has_memory = masks.memory.shape[-1] > 0
+        summary = ffn0(masked_segment_mean(utterance, masks.valid_frames), deterministic) if has_memory else None
+        utterance, right_context = ffn0(utterance, deterministic), ffn0(right_context, deterministic)
+        rc_out, utt_out, memory, keys, values = EmformerAttention(
+            D, self.num_heads, self.dropout, self.weight_init_gain, self.tanh_on_mem, self.negative_inf,
+            name="attention", **kw,
+        )(
+            layer_norm_input(right_context),
+            layer_norm_input(utterance),
+            layer_norm_input(summary) if has_memory else None,
+            memory_bank,
+            left_keys,
+            left_values,
+            masks,
+            deterministic,
+        )
+        drop = nn.Dropout(self.dropout)
+        utterance = drop(utt_out, deterministic=deterministic) + utterance
+        right_context = drop(rc_out, deterministic=deterministic) + right_context
+        utterance, right_context, conv_cache = _ConvolutionModule(
+            D, self.kernel_size, self.conv_activation, self.dropout, name="conv", **kw
+        )(utterance, right_context, conv_cache, masks.valid_frames, deterministic)
+        layer_norm_output = layer_norm(name="layer_norm_output", **kw)
+        utterance = layer_norm_output(ffn1(utterance, deterministic))
+        right_context = layer_norm_output(ffn1(right_context, deterministic))
+        return utterance, right_context, memory, keys, values, conv_cache
+
+
+class ConvEmformer(StreamingEncoder):
+    """Convolution-augmented streaming transformer; torchaudio's constructor, same order and defaults, then
+    ``dtype`` and ``param_dtype``. The methods are Emformer's: ``__call__``, ``infer``, ``stream``, ``init_state``;
+    the state also carries each layer's convolution cache of kernel_size - 1 frames per stream.
+
+    Args:
+        input_dim, num_heads, ffn_dim, num_layers, segment_length: as for Emformer.
+        kernel_size: K, width of the depthwise convolution (>= 1).
+        dropout, left_context_length, right_context_length, max_memory_size, weight_init_scale_strategy,
+        tanh_on_mem, negative_inf: as for Emformer.
+        ffn_activation: feed-forward activation, "relu", "gelu" or "silu".
+        conv_activation: activation in the convolution module, "relu", "gelu" or "silu".
+
+    Example:
+        >>> model = ConvEmformer(64, 4, 128, 2, segment_length=4, kernel_size=3, right_context_length=1)
+        >>> x, lengths = jnp.zeros((2, 17, 64)), jnp.array([16, 12])
+        >>> variables = model.init(jax.random.key(0), x, lengths)
+        >>> output, output_lengths, state = model.apply(variables, x, lengths, method="stream")
+    """
+
+    input_dim: int
+    num_heads: int
+    ffn_dim: int
+    num_layers: int
+    segment_length: int
+    kernel_size: int
+    dropout: float = 0.0
+    ffn_activation: str = "relu"
+    left_context_length: int = 0
+    right_context_length: int = 0
+    max_memory_size: int = 0
+    weight_init_scale_strategy: str | None = "depthwise"
+    tanh_on_mem: bool = False
+    negative_inf: float = -1e8
+    conv_activation: str = "silu"
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        self._validate_config()
+        _checks.positive_int("kernel_size", self.kernel_size)
+        _checks.one_of("ffn_activation", self.ffn_activation, list(ACTIVATIONS))
+        _checks.one_of("conv_activation", self.conv_activation, list(ACTIVATIONS))
+        super().__post_init__()
+
+    @property
+    def _conv_cache_size(self) -> int:
+        return self.kernel_size - 1
+
+    def _make_layer(self, index: int) -> ConvEmformerLayer:
+        return ConvEmformerLayer(
+            input_dim=self.input_dim,
+            num_heads=self.num_heads,
+            ffn_dim=self.ffn_dim,
+            kernel_size=self.kernel_size,
+            dropout=self.dropout,
+            ffn_activation=self.ffn_activation,
+            weight_init_gain=self._weight_init_gain(index),
+            tanh_on_mem=self.tanh_on_mem,
+            negative_inf=self.negative_inf,
+            conv_activation=self.conv_activation,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
