@@ -240,9 +240,8 @@ class Predictor(nn.Module):
         _checks.array_shape("target_lengths", lengths, (B,), "(B,) matching targets' batch")
         _checks.integer_array("target_lengths", lengths)
         _checks.lengths_in_range("target_lengths", lengths, 0, U)
-        valid = jnp.arange(U)[None, :] < jnp.asarray(lengths)[:, None]
         if _checks.is_concrete(input) and _checks.is_concrete(lengths):
-            tokens = np.asarray(input)[np.asarray(valid)]
+            tokens = np.asarray(input)[np.arange(U)[None, :] < np.asarray(lengths)[:, None]]
             bad = tokens[(tokens < 0) | (tokens >= self.num_symbols)]
             if bad.size:
                 raise ValueError(
@@ -252,6 +251,7 @@ class Predictor(nn.Module):
         state = self.init_state(B, dtype) if state is None else state
         self._check_state(state, B)
 
+        valid = jnp.arange(U)[None, :] < jnp.asarray(lengths)[:, None]
         x = self.input_layer_norm(self.embedding(jnp.where(valid, input, 0)))
         hidden, cell = [], []
         for index, lstm in enumerate(self.lstm_layers):
@@ -466,9 +466,16 @@ class EmformerTranscriber(nn.Module):
         """One streaming step.
 
         Args:
-            input: (B, S + R, input_dim) the next segment of every stream and its right context.
-            lengths: (B,) valid frames in ``input``, right context included (torchaudio's convention).
+            input: (B, S + R, input_dim) the next segment of every stream and its right context: a stream's v
+                valid frames first, then anything up to S frames, then the R frames that follow its valid
+                frames (torchaudio's layout).
+            lengths: (B,) valid frames in ``input``, right context included (torchaudio's convention): v + R,
+                or 0 for a stream with nothing new (its state is kept).
             state: from the previous step, or None for fresh streams.
+
+        A partial chunk's last v % stride valid frames do not fill a reduced frame: time reduction drops them
+        from the segment and they open its right context, as in the offline forward, so streaming equals
+        ``__call__`` for every length.
 
         Returns:
             output (B, S // stride, output_dim), output lengths (B,) =
@@ -482,6 +489,13 @@ class EmformerTranscriber(nn.Module):
                 f"got {input.shape[1]}"
             )
         _checks.lengths_in_range("source_lengths", lengths, 0, S + R)
+        # Right context = the R frames after the last whole stride group of valid frames, in the stream's own
+        # order (valid frames, then its right-context block); the identity for a full segment.
+        valid = jnp.clip(lengths - R, 0, S)[:, None]
+        position = valid // self.time_reduction_stride * self.time_reduction_stride + jnp.arange(R)[None, :]
+        rc_index = jnp.where(position < valid, position, S + position - valid)
+        right_context = jnp.take_along_axis(input, rc_index[..., None], axis=1)
+        input = jnp.concatenate([input[:, :S], right_context], axis=1)
         x, reduced_lengths = self._reduce(input, lengths)
         x, out_lengths, state = self.transformer.infer(x, reduced_lengths, state)
         return self._output(x), out_lengths, state
@@ -606,10 +620,11 @@ class RNNT(nn.Module):
             logits (B, T', U, V) with T' = (T + R) // stride - R // stride, source lengths (B,) (// stride),
             target lengths (B,), and the predictor state.
         """
-        source_encodings, source_lengths = self.transcriber(sources, source_lengths, deterministic)
+        # The predictor first: its checks are the cheaper ones to fail on.
         target_encodings, target_lengths, predictor_state = self.predictor(
             targets, target_lengths, predictor_state, deterministic
         )
+        source_encodings, source_lengths = self.transcriber(sources, source_lengths, deterministic)
         logits, source_lengths, target_lengths = self.joiner(
             source_encodings, source_lengths, target_encodings, target_lengths
         )
