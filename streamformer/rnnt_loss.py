@@ -3,30 +3,33 @@
 Two entry points:
 
 - :func:`rnnt_loss` takes the full joint ``logits`` (B, T, U + 1, V), as torchaudio 2.8's
-  ``torchaudio.functional.rnnt_loss`` does, with its semantics (blank, clamp, reduction, fused_log_softmax).
-- :func:`rnnt_loss_from_encodings` takes the encoder and predictor outputs and a joiner callable and never
-  holds more than ``chunk_size`` frames of the joint at once: the forward pass keeps only the log-probabilities
-  of blank and of the next target label, (B, T, U + 1) each; the backward pass recomputes the joint chunk by
-  chunk and pulls the analytic logits gradient back through the joiner.
+  ``torchaudio.functional.rnnt_loss`` does, with its semantics (blank, clamp, reduction,
+  fused_log_softmax).
+- :func:`rnnt_loss_from_encodings` takes the encoder and predictor outputs and a joiner callable and
+  never holds more than ``chunk_size`` frames of the joint at once: the forward pass keeps only the
+  log-probabilities of blank and of the next target label, (B, T, U + 1) each; the backward pass
+  recomputes the joint chunk by chunk and pulls the analytic logits gradient back through the joiner.
 
-How it is computed. Both entry points reduce the joint to two (B, T, U + 1) arrays, the log-probability of blank
-and of the next target label at each lattice node (t, u). The forward variables alpha and the backward variables
-beta are computed by two ``lax.scan`` over the T + U anti-diagonals of the lattice (every node of a diagonal
-depends only on the previous one), in float32 (float64 for float64 inputs). The gradient with respect to the
-logits is then closed-form (torchaudio's CPU kernel computes the same): with ``p = softmax(logits)``,
-``gb`` and ``ge`` the posterior occupancies of the blank and label arcs leaving node (t, u),
+How it is computed. Both entry points reduce the joint to two (B, T, U + 1) arrays, the log-probability
+of blank and of the next target label at each lattice node (t, u). The forward variables alpha and the
+backward variables beta are computed by two ``lax.scan`` over the T + U anti-diagonals of the lattice
+(every node of a diagonal depends only on the previous one), in float32 (float64 for float64 inputs).
+The gradient with respect to the logits is then closed-form (torchaudio's CPU kernel computes the same):
+with ``p = softmax(logits)``, ``gb`` and ``ge`` the posterior occupancies of the blank and label arcs
+leaving node (t, u),
 
     d cost / d logits[t, u, k] = (gb + ge) * p[k] - gb * [k == blank] - ge * [k == target[u]].
 
-With ``fused_log_softmax=False`` the inputs are log-probabilities and the gradient is ``-gb`` at blank, ``-ge``
-at the target and 0 elsewhere (torchaudio's convention: no softmax Jacobian). ``clamp > 0`` clips each
-sequence's gradient element-wise to [-clamp, clamp] before it is scaled by the reduction, as torchaudio does.
-Outside each sequence's valid nodes (t < logit_length, u <= target_length) the gradient is exactly zero.
+With ``fused_log_softmax=False`` the inputs are log-probabilities and the gradient is ``-gb`` at blank,
+``-ge`` at the target and 0 elsewhere (torchaudio's convention: no softmax Jacobian). ``clamp > 0``
+clips each sequence's gradient element-wise to [-clamp, clamp] before the reduction scales it, as
+torchaudio does. Outside each sequence's valid nodes (t < logit_length, u <= target_length) the gradient
+is exactly zero.
 
-FastEmit (Yu et al. 2021, arXiv:2010.11148), ``fastemit_lambda = lambda``: the loss value stays the RNN-T
-negative log-likelihood; only the gradient changes, the label-emission occupancy ``ge`` being scaled by
-``1 + lambda`` in the formula above. This is the gradient of Eq. 10 of the paper and what NeMo's and
-warp-transducer's ``fastemit_lambda`` compute. ``lambda = 0`` is the plain RNN-T gradient.
+FastEmit (Yu et al. 2021, arXiv:2010.11148), ``fastemit_lambda = lambda``: the loss value stays the
+RNN-T negative log-likelihood; only the gradient changes, the label-emission occupancy ``ge`` being
+scaled by ``1 + lambda`` in the formula above. This is the gradient of Eq. 10 of the paper and what
+NeMo's and warp-transducer's ``fastemit_lambda`` compute. ``lambda = 0`` is the plain RNN-T gradient.
 
 Gradients are first order only (custom VJPs); the functions are not differentiable twice.
 """
@@ -47,13 +50,18 @@ _REDUCTIONS = ("none", "mean", "sum")
 Array = Any
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Input checks
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
+
+
+def _as_array(x: Any) -> Any:
+    """Lists and scalars become numpy arrays (concrete, so their values can be checked)."""
+    return x if hasattr(x, "dtype") and hasattr(x, "shape") else np.asarray(x)
 
 
 def _check_common(
@@ -76,7 +84,9 @@ def _check_common(
         raise TypeError(f"blank: expected a Python int, got {type(blank).__name__}")
     if not isinstance(clamp, (int, float, np.floating, np.integer)) or isinstance(clamp, bool):
         raise TypeError(f"clamp: expected a Python float, got {type(clamp).__name__}")
-    if not isinstance(fastemit_lambda, (int, float, np.floating, np.integer)) or isinstance(fastemit_lambda, bool):
+    if not isinstance(fastemit_lambda, (int, float, np.floating, np.integer)) or isinstance(
+        fastemit_lambda, bool
+    ):
         raise TypeError(f"fastemit_lambda: expected a Python float, got {type(fastemit_lambda).__name__}")
     if fastemit_lambda < 0:
         raise ValueError(f"fastemit_lambda: expected a value >= 0, got {fastemit_lambda}")
@@ -144,9 +154,9 @@ def _compute_dtype(dtype: Any) -> Any:
     return jnp.float64 if dtype == jnp.float64 else jnp.float32
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Lattice recursion
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _skew(x: Array, fill: float) -> Array:
@@ -224,8 +234,8 @@ def _arc_occupancies(
     _, alpha_rest = jax.lax.scan(alpha_step, alpha_first, (blank_diag[:-1], label_diag[:-1]))
     alpha = _unskew(jnp.concatenate([alpha_first[None], alpha_rest], axis=0), frames)
 
-    # beta[t, u] = logaddexp(beta[t + 1, u] + blank[t, u], beta[t, u + 1] + label[t, u]); at the last node of each
-    # sequence beta = blank (the final blank ends the alignment).
+    # beta[t, u] = logaddexp(beta[t + 1, u] + blank[t, u], beta[t, u + 1] + label[t, u]); at the last
+    # node of each sequence beta = blank (the final blank ends the alignment).
     def beta_step(following, arcs):
         blank_here, label_here, is_terminal = arcs
         current = jnp.logaddexp(following + blank_here, _shift_up(following) + label_here)
@@ -250,17 +260,20 @@ def _arc_occupancies(
 
 def _label_index(targets: Array, nodes: int, vocab: int) -> Array:
     """(B, U) targets -> (B, U + 1) label index per node, clipped into [0, V) (padding is masked later)."""
-    padded = jnp.concatenate([targets, jnp.zeros_like(targets[:, :1])], axis=1)[:, :nodes]
+    padded = jnp.concatenate([targets, jnp.zeros((targets.shape[0], 1), targets.dtype)], axis=1)[:, :nodes]
     return jnp.clip(padded, 0, vocab - 1).astype(jnp.int32)
 
 
 def _gather_log_probs(
     logits: Array, label_index: Array, blank: int, fused_log_softmax: bool, dtype: Any
 ) -> tuple[Array, Array, Array]:
-    """(B, T, U1, V) logits -> log-probs of blank and of the next label, and the softmax denominators (B, T, U1)."""
+    """(B, T, U1, V) logits -> log-probs of blank, of the next label, softmax denominators (B, T, U1)."""
     x = logits.astype(dtype)
     if fused_log_softmax:
-        denominator = jax.nn.logsumexp(x, axis=-1)
+        # log-sum-exp by hand: jax.nn.logsumexp's extra inf handling costs a full pass over the joint.
+        peak = jnp.max(x, axis=-1)
+        peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
+        denominator = peak + jnp.log(jnp.sum(jnp.exp(x - peak[..., None]), axis=-1))
     else:
         denominator = jnp.zeros(x.shape[:-1], dtype)
     blank_lp = x[..., blank] - denominator
@@ -280,7 +293,7 @@ def _logits_gradient(
     clamp: float,
     fused_log_softmax: bool,
 ) -> Array:
-    """d cost / d logits for a block of frames (B, Tc, U1, V), clamped per sequence, scaled by the cotangent."""
+    """d cost / d logits for a block of frames (B, Tc, U1, V), clamped per sequence, times the cotangent."""
     dtype = denominator.dtype
     classes = jnp.arange(logits.shape[-1])
     is_blank = classes == blank
@@ -300,9 +313,9 @@ def _logits_gradient(
     return grad.astype(logits.dtype)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Full joint
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _costs_from_logits_fwd(logits, targets, logit_lengths, target_lengths, blank, clamp, fused, fastemit):
@@ -382,6 +395,7 @@ def rnnt_loss(
     if logits.ndim != 4:
         raise ValueError(f"logits: expected 4 dimensions (B, T, U + 1, V), got shape {tuple(logits.shape)}")
     batch, frames, nodes, vocab = logits.shape
+    targets, logit_lengths, target_lengths = map(_as_array, (targets, logit_lengths, target_lengths))
     if frames < 1 or nodes < 1 or vocab < 2:
         raise ValueError(f"logits: expected T >= 1, U + 1 >= 1 and V >= 2, got shape {tuple(logits.shape)}")
     _check_common(
@@ -416,16 +430,21 @@ def rnnt_loss(
     return _reduce(costs, reduction)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # From encodings, chunked over T
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _make_encodings_costs(
-    joiner: Callable[..., Array], num_chunks: int, chunk_size: int, frames: int, blank: int, clamp: float,
+    joiner: Callable[..., Array],
+    num_chunks: int,
+    chunk_size: int,
+    frames: int,
+    blank: int,
+    clamp: float,
     fastemit: float,
 ) -> Callable[..., Array]:
-    """A custom-VJP function (source (B, Tp, D), target (B, U1, D), consts, targets, lengths...) -> costs (B,).
+    """Custom-VJP (source (B, Tp, D), target (B, U1, D), consts, targets, lengths...) -> costs (B,).
 
     ``joiner`` is closure-converted: (source_chunk, target_encodings, *consts) -> logits, with every value it
     closes over that may carry a gradient passed explicitly in ``consts``.
@@ -466,16 +485,29 @@ def _make_encodings_costs(
             source_chunk, denominator_chunk, blank_chunk, label_chunk, valid_chunk = chunk
             logits, pullback = jax.vjp(joiner, source_chunk, target, *consts)
             grad = _logits_gradient(
-                logits, denominator_chunk, label_index, blank_chunk, label_chunk, valid_chunk,
-                cost_cotangent, blank, clamp, True,
+                logits,
+                denominator_chunk,
+                label_index,
+                blank_chunk,
+                label_chunk,
+                valid_chunk,
+                cost_cotangent,
+                blank,
+                clamp,
+                True,
             )
             source_grad, target_grad, *consts_grad = pullback(grad)
-            accumulated = jax.tree.map(jnp.add, accumulated, (target_grad, tuple(consts_grad)))
+            accumulated = jax.tree.map(
+                lambda acc, g: acc + g.astype(acc.dtype), accumulated, (target_grad, tuple(consts_grad))
+            )
             return accumulated, source_grad
 
-        zeros = jax.tree.map(jnp.zeros_like, (target, tuple(consts)))
+        # Sums over chunks accumulate in at least float32 (bfloat16 weights would lose their low bits).
+        primals = (target, tuple(consts))
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)), primals)
         chunks = jax.tree.map(split_chunks, (source, denominator, blank_occ, label_occ, valid))
-        (target_grad, consts_grad), source_grad = jax.lax.scan(chunk_backward, zeros, chunks)
+        accumulated, source_grad = jax.lax.scan(chunk_backward, zeros, chunks)
+        target_grad, consts_grad = jax.tree.map(lambda g, x: g.astype(x.dtype), accumulated, primals)
         return join_chunks(source_grad), target_grad, consts_grad, None, None, None
 
     costs_fn = jax.custom_vjp(lambda *args: forward(*args)[0])
@@ -499,20 +531,21 @@ def rnnt_loss_from_encodings(
 ) -> Array:
     """RNN-T loss from encoder and predictor outputs, never holding the full (B, T, U + 1, V) joint.
 
-    Equals ``rnnt_loss(joiner(source_encodings, target_encodings), ...)`` (value and gradients, up to float
-    rounding) with ``fused_log_softmax=True``. The joint is computed ``chunk_size`` frames at a time: the forward
-    pass keeps the (B, T, U + 1) log-probabilities of blank and of the next label and the softmax denominators;
-    the backward pass recomputes each chunk's logits, forms their analytic gradient (clamped as in
-    :func:`rnnt_loss`) and pulls it back through ``joiner``. Peak memory is about one chunk of logits plus the
-    joiner's activations for that chunk, instead of the whole joint and its gradient.
+    Equals ``rnnt_loss(joiner(source_encodings, target_encodings), ...)`` (value and gradients, up to
+    float rounding) with ``fused_log_softmax=True``. The joint is computed ``chunk_size`` frames at a
+    time: the forward pass keeps the (B, T, U + 1) log-probabilities of blank and of the next label and
+    the softmax denominators; the backward pass recomputes each chunk's logits, forms their analytic
+    gradient (clamped as in :func:`rnnt_loss`) and pulls it back through ``joiner``. Peak memory is
+    about one chunk of logits plus the joiner's activations for that chunk, instead of the whole joint
+    and its gradient.
 
     Args:
         source_encodings: (B, T, D) encoder output.
         target_encodings: (B, U + 1, D) predictor output (blank-prefixed targets).
         joiner: JAX-traceable ``(source_chunk (B, Tc, D), target_encodings (B, U + 1, D)) -> logits
-            (B, Tc, U + 1, V)``; it must treat frames independently (as a joiner does). Gradients flow into the
-            values it closes over (e.g. ``lambda s, t: model.apply(variables, s, t, method=...)``) and into both
-            encodings.
+            (B, Tc, U + 1, V)``; it must treat frames independently (as a joiner does). Gradients flow
+            into the values it closes over (e.g. ``lambda s, t: model.apply(variables, s, t,
+            method=...)``) and into both encodings.
         targets: (B, U) integer labels without blank.
         source_lengths: (B,) integer valid frames, in [1, T].
         target_lengths: (B,) integer valid labels, in [0, U].
@@ -534,9 +567,11 @@ def rnnt_loss_from_encodings(
     if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
     batch, frames, _ = source_encodings.shape
+    targets, source_lengths, target_lengths = map(_as_array, (targets, source_lengths, target_lengths))
     if target_encodings.shape[0] != batch:
         raise ValueError(
-            f"target_encodings: expected batch size {batch} (as source_encodings), got {target_encodings.shape[0]}"
+            f"target_encodings: expected batch size {batch} (as source_encodings), "
+            f"got {target_encodings.shape[0]}"
         )
     nodes = target_encodings.shape[1]
     _check_common(
