@@ -1,7 +1,7 @@
 """RNN-T decoding: greedy and beam search, offline and streaming, batched and jit-compiled.
 
-torchaudio's ``RNNTBeamSearch`` decodes one utterance at a time in a Python loop over lists of hypotheses. Here
-the same search runs on fixed-shape arrays inside one compiled program, for a batch of utterances at once:
+torchaudio's ``RNNTBeamSearch`` decodes one utterance at a time in a Python loop over lists of hypotheses.
+Here the same search runs on fixed-shape arrays inside compiled programs, for a batch of utterances at once:
 
 - a hypothesis is a row of padded arrays: emitted tokens (a buffer of ``max_tokens`` slots), their count, the
   score, two 32-bit polynomial hashes of the token sequence (merging identical sequences compares hashes and
@@ -134,13 +134,19 @@ def _num_symbols(model) -> int:
 def _check_blank(model, blank) -> int:
     V = _num_symbols(model)
     if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)) or not -V <= blank < V:
-        raise ValueError(f"blank: expected a token id in [-{V}, {V}) (negative counts from the end), got {blank!r}")
+        raise ValueError(
+            f"blank: expected a token id in [-{V}, {V}) (negative counts from the end), got {blank!r}"
+        )
     return int(blank) % V
 
 
 def _check_beam_width(model, beam_width) -> int:
     V = _num_symbols(model)
-    if isinstance(beam_width, bool) or not isinstance(beam_width, (int, np.integer)) or not 1 <= beam_width < V:
+    if (
+        isinstance(beam_width, bool)
+        or not isinstance(beam_width, (int, np.integer))
+        or not 1 <= beam_width < V
+    ):
         raise ValueError(
             f"beam_width: expected an integer in [1, num_symbols - 1 = {V - 1}], got {beam_width!r}"
         )
@@ -162,10 +168,10 @@ def _check_sources(model, sources, source_lengths) -> None:
 
 
 def _batch_axes(init_state):
-    """The batch axis of each leaf of a state pytree, found by comparing the states for batch sizes 1 and 2."""
+    """The batch axis of each leaf of a state pytree, comparing the states of batch sizes 1 and 2."""
 
     def axis(one, two):
-        return next(i for i, (a, b) in enumerate(zip(one.shape, two.shape)) if a != b)
+        return next(i for i, (a, b) in enumerate(zip(one.shape, two.shape, strict=True)) if a != b)
 
     return jax.tree_util.tree_map(axis, init_state(1), init_state(2))
 
@@ -175,7 +181,7 @@ def _take(tree, axes, index):
 
 
 def _select(mask, new, old, axes):
-    """Per batch entry (mask (N,) bool along each leaf's batch axis): ``new`` where True, ``old`` elsewhere."""
+    """Per batch entry (mask (N,) bool, along each leaf's batch axis): ``new`` where True, else ``old``."""
 
     def pick(ax, a, b):
         shape = [1] * a.ndim
@@ -212,7 +218,9 @@ def _extend_hashes(hashes, tokens):
 # Greedy search
 
 
-def init_greedy_state(model, variables, batch_size: int, *, blank: int = -1, max_tokens: int = 1024) -> GreedyState:
+def init_greedy_state(
+    model, variables, batch_size: int, *, blank: int = -1, max_tokens: int = 1024
+) -> GreedyState:
     """A fresh greedy state for ``batch_size`` streams: no tokens, predictor primed with the blank token."""
     _checks.positive_int("batch_size", batch_size)
     _checks.positive_int("max_tokens", max_tokens)
@@ -227,7 +235,13 @@ def init_greedy_state(model, variables, batch_size: int, *, blank: int = -1, max
 
 
 def greedy_frames(
-    model, variables, state: GreedyState, encodings: jax.Array, lengths: jax.Array, *, blank: int,
+    model,
+    variables,
+    state: GreedyState,
+    encodings: jax.Array,
+    lengths: jax.Array,
+    *,
+    blank: int,
     max_symbols_per_step: int,
 ) -> GreedyState:
     """Greedy search over encoder frames, continuing from ``state`` (jit-compatible; ``blank`` normalised).
@@ -273,10 +287,15 @@ def greedy_frames(
     return state
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def _transcribe(model, variables, sources, source_lengths):
+    """The offline transcriber, compiled once per model and input shape and shared by every search."""
+    return model.apply(variables, sources, source_lengths, method="transcribe")
+
+
 @functools.partial(jax.jit, static_argnames=("model", "blank", "max_symbols_per_step", "max_tokens"))
-def _greedy_offline(model, variables, sources, source_lengths, *, blank, max_symbols_per_step, max_tokens):
-    encodings, lengths = model.apply(variables, sources, source_lengths, method="transcribe")
-    state = init_greedy_state(model, variables, sources.shape[0], blank=blank, max_tokens=max_tokens)
+def _greedy_encoded(model, variables, encodings, lengths, *, blank, max_symbols_per_step, max_tokens):
+    state = init_greedy_state(model, variables, encodings.shape[0], blank=blank, max_tokens=max_tokens)
     state = greedy_frames(
         model, variables, state, encodings, lengths, blank=blank, max_symbols_per_step=max_symbols_per_step
     )
@@ -284,7 +303,12 @@ def _greedy_offline(model, variables, sources, source_lengths, *, blank, max_sym
 
 
 def greedy_search(
-    model, variables, sources: jax.Array, source_lengths: jax.Array, *, blank: int = -1,
+    model,
+    variables,
+    sources: jax.Array,
+    source_lengths: jax.Array,
+    *,
+    blank: int = -1,
     max_symbols_per_step: int = 10,
 ) -> list[list[int]]:
     """Greedy RNN-T decoding of a batch of utterances, one compiled program.
@@ -303,10 +327,15 @@ def greedy_search(
     _checks.positive_int("max_symbols_per_step", max_symbols_per_step)
     sources, source_lengths = jnp.asarray(sources), jnp.asarray(source_lengths)
     _check_sources(model, sources, source_lengths)
-    frames = sources.shape[1] // model.transcriber.time_reduction_stride
-    tokens, lengths = _greedy_offline(
-        model, variables, sources, source_lengths.astype(jnp.int32), blank=blank,
-        max_symbols_per_step=max_symbols_per_step, max_tokens=max(1, frames * max_symbols_per_step),
+    encodings, encoding_lengths = _transcribe(model, variables, sources, source_lengths.astype(jnp.int32))
+    tokens, lengths = _greedy_encoded(
+        model,
+        variables,
+        encodings,
+        encoding_lengths,
+        blank=blank,
+        max_symbols_per_step=max_symbols_per_step,
+        max_tokens=max(1, encodings.shape[1] * max_symbols_per_step),
     )
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     return [tokens[b, : lengths[b]].tolist() for b in range(len(lengths))]
@@ -319,8 +348,8 @@ def greedy_search(
 def init_beam_state(
     model, variables, batch_size: int, beam_width: int, *, blank: int = -1, max_tokens: int = 1024
 ) -> BeamState:
-    """A fresh beam state for ``batch_size`` streams: one beam (the blank-primed predictor, score 0), the other
-    K - 1 slots empty."""
+    """A fresh beam state for ``batch_size`` streams: one beam (the blank-primed predictor, score 0), the
+    other K - 1 slots empty."""
     _checks.positive_int("batch_size", batch_size)
     _checks.positive_int("max_tokens", max_tokens)
     blank = _check_blank(model, blank)
@@ -410,11 +439,15 @@ def _beam_frame(model, variables, axes, beams, encoding, *, blank, temperature, 
         merged_with = jnp.max(jnp.where(match, pool.b_scores[None, :], -jnp.inf), axis=1)
         new_b = jnp.where(jnp.any(match, axis=1), jnp.logaddexp(merged_with, blank_scores), blank_scores)
         b_scores = jnp.where(jnp.any(match, axis=0), -jnp.inf, pool.b_scores)
-        b_scores = jax.lax.dynamic_update_slice_in_dim(b_scores, jnp.where(present, new_b, -jnp.inf), j * K, 0)
+        b_scores = jax.lax.dynamic_update_slice_in_dim(
+            b_scores, jnp.where(present, new_b, -jnp.inf), j * K, 0
+        )
         pool = pool.replace(b_scores=b_scores)
         # Step 3: the K best non-blank extensions that beat B's K-th best score.
         kth_best_b = jax.lax.top_k(b_scores, K)[0][K - 1]
-        candidates = jnp.where(present[:, None] & (jnp.arange(V) != blank)[None, :], a_scores[:, None] + probs, -jnp.inf)
+        candidates = jnp.where(
+            present[:, None] & (jnp.arange(V) != blank)[None, :], a_scores[:, None] + probs, -jnp.inf
+        )
         top_scores, top_index = jax.lax.top_k(candidates.reshape(-1), K)
         keep = (top_scores > kth_best_b) & (j < step_max_tokens)
         parents = j * K + (top_index // V).astype(jnp.int32)
@@ -435,7 +468,9 @@ def _beam_frame(model, variables, axes, beams, encoding, *, blank, temperature, 
             frame_tokens=put(pool.frame_tokens, frame_tokens),
             predictor_out=put(pool.predictor_out, out),
             predictor_state=jax.tree_util.tree_map(
-                lambda ax, x, new: jax.lax.dynamic_update_slice_in_dim(x, new, j * K, ax), axes, pool.predictor_state,
+                lambda ax, x, new: jax.lax.dynamic_update_slice_in_dim(x, new, j * K, ax),
+                axes,
+                pool.predictor_state,
                 pstate,
             ),
         )
@@ -457,14 +492,20 @@ def _beam_frame(model, variables, axes, beams, encoding, *, blank, temperature, 
     overflow = jnp.any(pending[2] > -jnp.inf)
 
     # Step 4: the K best of B by score / (len(tokens) + 1), torchaudio's tokens counting the initial blank.
-    keys = jnp.where(pool.b_scores > -jnp.inf, pool.b_scores / (pool.lengths + 2).astype(pool.b_scores.dtype), -jnp.inf)
+    keys = jnp.where(
+        pool.b_scores > -jnp.inf, pool.b_scores / (pool.lengths + 2).astype(pool.b_scores.dtype), -jnp.inf
+    )
     chosen_keys, chosen = jax.lax.top_k(keys, K)
     found = chosen_keys > -jnp.inf
     origins = pool.origins[chosen]
     start = beams.lengths[origins]
     added = jnp.arange(max(E, 1))[None, :]
     positions = jnp.where(added < (chosen // K)[:, None], start[:, None] + added, L)
-    tokens = beams.tokens[origins].at[jnp.arange(K)[:, None], positions].set(pool.frame_tokens[chosen], mode="drop")
+    tokens = (
+        beams.tokens[origins]
+        .at[jnp.arange(K)[:, None], positions]
+        .set(pool.frame_tokens[chosen], mode="drop")
+    )
     new = BeamState(
         tokens=tokens,
         lengths=pool.lengths[chosen],
@@ -478,11 +519,19 @@ def _beam_frame(model, variables, axes, beams, encoding, *, blank, temperature, 
 
 
 def beam_frames(
-    model, variables, state: BeamState, encodings: jax.Array, lengths: jax.Array, *, blank: int,
-    temperature: float | jax.Array = 1.0, step_max_tokens: int = 100, expansion_capacity: int = 8,
+    model,
+    variables,
+    state: BeamState,
+    encodings: jax.Array,
+    lengths: jax.Array,
+    *,
+    blank: int,
+    temperature: float | jax.Array = 1.0,
+    step_max_tokens: int = 100,
+    expansion_capacity: int = 8,
 ) -> BeamState:
-    """torchaudio's RNN-T beam search over encoder frames, continuing from ``state`` (jit-compatible; ``blank``
-    normalised to [0, V)).
+    """torchaudio's RNN-T beam search over encoder frames, continuing from ``state`` (jit-compatible;
+    ``blank`` normalised to [0, V)).
 
     Args:
         state: from ``init_beam_state`` or a previous call (K beams per stream).
@@ -503,8 +552,15 @@ def beam_frames(
         def frame(beams, inputs):
             encoding, valid = inputs
             new = _beam_frame(
-                model, variables, axes, beams, encoding, blank=blank, temperature=temperature,
-                step_max_tokens=step_max_tokens, capacity=capacity,
+                model,
+                variables,
+                axes,
+                beams,
+                encoding,
+                blank=blank,
+                temperature=temperature,
+                step_max_tokens=step_max_tokens,
+                capacity=capacity,
             )
             return jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new, beams), None
 
@@ -518,13 +574,32 @@ def beam_frames(
 @functools.partial(
     jax.jit, static_argnames=("model", "beam_width", "blank", "step_max_tokens", "capacity", "max_tokens")
 )
-def _beam_offline(model, variables, sources, source_lengths, temperature, *, beam_width, blank, step_max_tokens,
-                  capacity, max_tokens):
-    encodings, lengths = model.apply(variables, sources, source_lengths, method="transcribe")
-    state = init_beam_state(model, variables, sources.shape[0], beam_width, blank=blank, max_tokens=max_tokens)
+def _beam_encoded(
+    model,
+    variables,
+    encodings,
+    lengths,
+    temperature,
+    *,
+    beam_width,
+    blank,
+    step_max_tokens,
+    capacity,
+    max_tokens,
+):
+    state = init_beam_state(
+        model, variables, encodings.shape[0], beam_width, blank=blank, max_tokens=max_tokens
+    )
     return beam_frames(
-        model, variables, state, encodings, lengths, blank=blank, temperature=temperature,
-        step_max_tokens=step_max_tokens, expansion_capacity=capacity,
+        model,
+        variables,
+        state,
+        encodings,
+        lengths,
+        blank=blank,
+        temperature=temperature,
+        step_max_tokens=step_max_tokens,
+        expansion_capacity=capacity,
     )
 
 
@@ -534,18 +609,41 @@ def _overflowed(state: BeamState) -> tuple[bool, bool]:
     return bool(np.any(np.asarray(state.overflow))), bool(used.size and used.max() > state.tokens.shape[-1])
 
 
+def _more_room(state: BeamState, capacity: int, max_tokens: int, pool_overflow: bool, step_max_tokens: int):
+    """Room for a rerun after an overflow: 4x the expansions, tokens for the longest hypothesis seen (rounded
+    up to a power of two, with margin)."""
+    if pool_overflow:
+        capacity = min(4 * capacity, max(step_max_tokens, 1))
+    longest = int(np.asarray(state.lengths).max())
+    if longest > max_tokens:
+        max_tokens = 1 << (2 * longest - 1).bit_length()
+    return capacity, max_tokens
+
+
 def _hypotheses(state: BeamState) -> list[list[Hypothesis]]:
     tokens, lengths, scores = np.asarray(state.tokens), np.asarray(state.lengths), np.asarray(state.scores)
     return [
-        [Hypothesis(tokens[b, k, : lengths[b, k]].tolist(), float(scores[b, k]))
-         for k in range(scores.shape[1]) if scores[b, k] > -np.inf]
+        [
+            Hypothesis(tokens[b, k, : lengths[b, k]].tolist(), float(scores[b, k]))
+            for k in range(scores.shape[1])
+            if scores[b, k] > -np.inf
+        ]
         for b in range(scores.shape[0])
     ]
 
 
 def beam_search(
-    model, variables, sources: jax.Array, source_lengths: jax.Array, *, beam_width: int, blank: int = -1,
-    temperature: float = 1.0, step_max_tokens: int = 100, expansion_capacity: int = 4, max_tokens: int | None = None,
+    model,
+    variables,
+    sources: jax.Array,
+    source_lengths: jax.Array,
+    *,
+    beam_width: int,
+    blank: int = -1,
+    temperature: float = 1.0,
+    step_max_tokens: int = 100,
+    expansion_capacity: int = 8,
+    max_tokens: int | None = None,
 ) -> list[list[Hypothesis]]:
     """torchaudio's RNNTBeamSearch (``forward``), batched over utterances and compiled into one program.
 
@@ -574,23 +672,28 @@ def beam_search(
         raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
     sources, source_lengths = jnp.asarray(sources), jnp.asarray(source_lengths)
     _check_sources(model, sources, source_lengths)
+    encodings, encoding_lengths = _transcribe(model, variables, sources, source_lengths.astype(jnp.int32))
     if max_tokens is None:
-        max_tokens = 2 * (sources.shape[1] // model.transcriber.time_reduction_stride) + 16
+        max_tokens = 2 * encodings.shape[1] + 16
     _checks.positive_int("max_tokens", max_tokens)
     capacity = min(expansion_capacity, max(step_max_tokens, 1))
     while True:
-        state = _beam_offline(
-            model, variables, sources, source_lengths.astype(jnp.int32), jnp.float32(temperature),
-            beam_width=beam_width, blank=blank, step_max_tokens=step_max_tokens, capacity=capacity,
+        state = _beam_encoded(
+            model,
+            variables,
+            encodings,
+            encoding_lengths,
+            jnp.float32(temperature),
+            beam_width=beam_width,
+            blank=blank,
+            step_max_tokens=step_max_tokens,
+            capacity=capacity,
             max_tokens=max_tokens,
         )
         pool_overflow, token_overflow = _overflowed(state)
         if not (pool_overflow or token_overflow):
             return _hypotheses(state)
-        if pool_overflow:
-            capacity = min(2 * capacity, step_max_tokens)
-        if token_overflow:
-            max_tokens *= 2
+        capacity, max_tokens = _more_room(state, capacity, max_tokens, pool_overflow, step_max_tokens)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -616,7 +719,7 @@ class StreamingDecoder:
     Example:
         >>> decoder = StreamingDecoder(model, variables, beam_width=4)
         >>> state = decoder.init(batch_size=8)
-        >>> for chunk, chunk_lengths in segments:      # (8, S + R, F), (8,) valid frames, right context included
+        >>> for chunk, chunk_lengths in segments:  # (8, S + R, F); (8,) valid frames, right context included
         ...     state = decoder.step(state, chunk, chunk_lengths)
         >>> hypotheses = decoder.result(state)         # 8 lists of Hypothesis, best first
         >>> state = decoder.reset(state, finished)     # finished (8,) bool: those slots start afresh
@@ -632,9 +735,18 @@ class StreamingDecoder:
     """
 
     def __init__(
-        self, model, variables, *, beam_width: int = 4, greedy: bool = False, blank: int = -1,
-        temperature: float = 1.0, step_max_tokens: int = 100, max_symbols_per_step: int = 10,
-        max_tokens: int = 1024, expansion_capacity: int = 4,
+        self,
+        model,
+        variables,
+        *,
+        beam_width: int = 4,
+        greedy: bool = False,
+        blank: int = -1,
+        temperature: float = 1.0,
+        step_max_tokens: int = 100,
+        max_symbols_per_step: int = 10,
+        max_tokens: int = 1024,
+        expansion_capacity: int = 8,
     ) -> None:
         self.model, self.variables, self.greedy = model, variables, bool(greedy)
         self.blank = _check_blank(model, blank)
@@ -648,17 +760,29 @@ class StreamingDecoder:
         self.temperature, self.step_max_tokens = float(temperature), step_max_tokens
         self.max_symbols_per_step, self.max_tokens = max_symbols_per_step, max_tokens
         self.capacity = min(expansion_capacity, max(step_max_tokens, 1))
-        self._steps = {}
+        self._steps, self._inits = {}, {}
 
     def init(self, batch_size: int) -> StreamingDecoderState:
         """Fresh state for ``batch_size`` streams."""
-        if self.greedy:
-            search = init_greedy_state(self.model, self.variables, batch_size, blank=self.blank,
-                                       max_tokens=self.max_tokens)
-        else:
-            search = init_beam_state(self.model, self.variables, batch_size, self.beam_width, blank=self.blank,
-                                     max_tokens=self.max_tokens)
-        return StreamingDecoderState(transcriber=self.model.init_transcriber_state(batch_size), search=search)
+        _checks.positive_int("batch_size", batch_size)
+        if batch_size not in self._inits:
+            model, blank = self.model, self.blank
+
+            def init(variables):
+                if self.greedy:
+                    search = init_greedy_state(
+                        model, variables, batch_size, blank=blank, max_tokens=self.max_tokens
+                    )
+                else:
+                    search = init_beam_state(
+                        model, variables, batch_size, self.beam_width, blank=blank, max_tokens=self.max_tokens
+                    )
+                return StreamingDecoderState(
+                    transcriber=model.init_transcriber_state(batch_size), search=search
+                )
+
+            self._inits[batch_size] = jax.jit(init)
+        return self._inits[batch_size](self.variables)
 
     def reset(self, state: StreamingDecoderState, mask: jax.Array) -> StreamingDecoderState:
         """``state`` with the streams where ``mask`` (B,) is True started afresh (new utterances)."""
@@ -687,19 +811,35 @@ class StreamingDecoder:
                 )
                 encoding_lengths = jnp.clip(encoding_lengths, 0, encodings.shape[1])
                 if self.greedy:
-                    search = greedy_frames(model, variables, state.search, encodings, encoding_lengths, blank=blank,
-                                           max_symbols_per_step=self.max_symbols_per_step)
+                    search = greedy_frames(
+                        model,
+                        variables,
+                        state.search,
+                        encodings,
+                        encoding_lengths,
+                        blank=blank,
+                        max_symbols_per_step=self.max_symbols_per_step,
+                    )
                 else:
-                    search = beam_frames(model, variables, state.search, encodings, encoding_lengths, blank=blank,
-                                         temperature=temperature, step_max_tokens=self.step_max_tokens,
-                                         expansion_capacity=capacity)
+                    search = beam_frames(
+                        model,
+                        variables,
+                        state.search,
+                        encodings,
+                        encoding_lengths,
+                        blank=blank,
+                        temperature=temperature,
+                        step_max_tokens=self.step_max_tokens,
+                        expansion_capacity=capacity,
+                    )
                 return StreamingDecoderState(transcriber=transcriber, search=search)
 
             self._steps[capacity] = jax.jit(step)
         return self._steps[capacity]
 
-    def step(self, state: StreamingDecoderState, segment_features: jax.Array,
-             segment_lengths: jax.Array) -> StreamingDecoderState:
+    def step(
+        self, state: StreamingDecoderState, segment_features: jax.Array, segment_lengths: jax.Array
+    ) -> StreamingDecoderState:
         """Decodes the next segment of every stream.
 
         Args:
@@ -727,12 +867,16 @@ class StreamingDecoder:
             pool_overflow, token_overflow = _overflowed(new.search)
             if not (pool_overflow or token_overflow) or bool(np.any(np.asarray(state.search.overflow))):
                 return new
-            if pool_overflow:
-                self.capacity = min(2 * self.capacity, max(self.step_max_tokens, 1))
-            if token_overflow:
-                grow = state.search.tokens.shape[-1]
-                state = state.replace(search=state.search.replace(
-                    tokens=jnp.pad(state.search.tokens, ((0, 0), (0, 0), (0, grow)))))
+            slots = state.search.tokens.shape[-1]
+            self.capacity, wanted = _more_room(
+                new.search, self.capacity, slots, pool_overflow, self.step_max_tokens
+            )
+            if wanted > slots:
+                state = state.replace(
+                    search=state.search.replace(
+                        tokens=jnp.pad(state.search.tokens, ((0, 0), (0, 0), (0, wanted - slots)))
+                    )
+                )
             new = self._step_fn(self.capacity)(self.variables, state, features, lengths, temperature)
 
     def result(self, state: StreamingDecoderState) -> list:
