@@ -198,7 +198,7 @@ def test_fill_rows_do_not_count(step_setup):
 
 
 def test_bfloat16_step_runs(step_setup):
-    config = micro_config("model.dtype=bfloat16")
+    config = micro_config("model.dtype=bfloat16", "data.spec_augment=true")
     from train.trainer import build_model
 
     _, _, _, batch = step_setup
@@ -346,3 +346,12 @@ def test_four_devices_give_the_losses_of_one(tmp_path, cache):
     losses = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(losses["four"]) == 6
     np.testing.assert_allclose(losses["four"], losses["one"], rtol=2e-5)
+
+
+def test_stats_cli(tmp_path):
+    from streamformer.features import GlobalStats
+
+    out = tmp_path / "global_stats.json"
+    assert cli(["stats", "--data", "synth", "--synth-size", "8", "--out", str(out)]) == 0
+    stats = GlobalStats.load(out)
+    assert stats.num_features == 80 and np.all(np.asarray(stats.invstddev) > 0)

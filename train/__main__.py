@@ -1,4 +1,4 @@
-"""Command line: ``python -m train {fit,eval,transcribe,stats,main} ...``; ``python -m train CMD -h`` for help.
+"""Command line: ``python -m train {fit,eval,transcribe,stats,main} ...`` (``python -m train CMD -h``).
 
 python -m train fit --workdir runs/tiny --preset tiny --set loop.steps=2000
 python -m train eval --workdir runs/tiny --split test --beam 4 --streaming
@@ -82,7 +82,8 @@ class Run:
                 self.config, self.workdir, split, self.tokenizer, self.stats
             )
             _say(
-                f"{split}: {len(self.examples[split])} utterances ready in {time.perf_counter() - started:.1f} s"
+                f"{split}: {len(self.examples[split])} utterances ready "
+                f"in {time.perf_counter() - started:.1f} s"
             )
         return self.examples[split]
 
@@ -143,9 +144,8 @@ def _eval_split(
         bucket_frames=bucket_frames_for(run.config, examples),
     )
     rates.update(split=split, seconds=round(time.perf_counter() - started, 2))
-    rates["examples"] = [
-        {"id": e.id, "reference": e.text, "hypothesis": h} for e, h in list(zip(examples, hypotheses))[:5]
-    ]
+    pairs = list(zip(examples, hypotheses, strict=True))[:5]
+    rates["examples"] = [{"id": e.id, "reference": e.text, "hypothesis": h} for e, h in pairs]
     return rates
 
 
@@ -157,7 +157,7 @@ def _print_rates(rates: dict) -> None:
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Commands
 
 
@@ -231,8 +231,8 @@ def cmd_eval(args) -> dict:
     return {"results": results}
 
 
-def transcribe_file(run: Run, model, variables, path: str, beam: int = 0, out=sys.stdout) -> str:
-    """Streams an audio file through the model segment by segment, printing the partial transcript as it grows."""
+def transcribe_file(run: Run, model, variables, path: str, beam: int = 0, out=None) -> str:
+    """Streams an audio file through the model segment by segment, printing the transcript as it grows."""
     import numpy as np
 
     from streamformer.decoding import StreamingDecoder
@@ -240,6 +240,7 @@ def transcribe_file(run: Run, model, variables, path: str, beam: int = 0, out=sy
     from train.evaluate import stream_segments
     from train.prepare import log_mel_features, normalize
 
+    out = out or sys.stdout
     audio = load_audio(path)
     features = normalize(log_mel_features([audio])[0], run.stats)[None]
     decoder = StreamingDecoder(
@@ -275,14 +276,12 @@ def cmd_transcribe(args) -> dict:
 
 def cmd_stats(args) -> dict:
     """Global feature statistics (torchaudio's global_stats.json format) of a dataset's train split."""
-    import dataclasses
-
     from streamformer.features import compute_global_stats
     from train.config import DataConfig
     from train.prepare import _audio, load_corpus, log_mel_features
 
     data = DataConfig(train=args.data, synth_sizes=(args.synth_size, 0, 0))
-    items = load_corpus(dataclasses.replace(data), "train")
+    items = load_corpus(data, "train")
     stats = compute_global_stats(log_mel_features([_audio(item) for item in items]))
     stats.save(args.out)
     _say(f"wrote {args.out}: statistics of {len(items)} utterances")
@@ -332,13 +331,14 @@ def cmd_main(args) -> dict:
     offline = results[0]
     _say(
         f"main job done in {summary['wall_seconds']} s wall ({summary['cpu_seconds']} s CPU): test WER "
-        f"{100 * offline['wer']:.2f}% offline, {100 * results[1]['wer']:.2f}% streaming; checkpoint step {step} "
+        f"{100 * offline['wer']:.2f}% offline, {100 * results[1]['wer']:.2f}% streaming; "
+        f"checkpoint step {step} "
         f"in {workdir / 'checkpoints'}; results in {workdir / 'results.json'}"
     )
     return summary
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Arguments
 
 

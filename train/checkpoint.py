@@ -23,7 +23,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and os.replace: the file is old or new, never half."""
+    """Writes ``text`` to ``path`` via a temporary file and os.replace: the file is old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -1,7 +1,7 @@
 """Run configuration: frozen dataclasses, presets, ``--set key=value`` overrides, JSON round trip.
 
-A run is described by one ``Config`` (model, optimizer, data, loop). Presets are plain Python below; the command
-line picks one and overrides single fields, e.g. ``--set model.transformer_num_layers=2 --set optim.lr=1e-3``.
+A run is described by one ``Config`` (model, optimizer, data, loop). Presets are plain Python below; the
+command line picks one and overrides fields: ``--set model.transformer_num_layers=2 --set optim.lr=1e-3``.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class OptimConfig:
     """Adam with linear warm-up, then constant ("constant"), cosine ("cosine") or exponential ("exponential")
     decay to ``final_lr_ratio`` * lr at the last step; gradients clipped by global norm.
 
-    torchaudio's LibriSpeech recipe: Adam(5e-4, betas (0.9, 0.999), eps 1e-8), 10k warm-up steps then constant,
-    gradient clipping at 10, RNN-T loss summed over the batch with clamp 1.0.
+    torchaudio's LibriSpeech recipe: Adam(5e-4, betas (0.9, 0.999), eps 1e-8), 10k warm-up steps then
+    constant, gradient clipping at 10, RNN-T loss summed over the batch with clamp 1.0.
     """
 
     lr: float = 5e-4
@@ -120,10 +120,10 @@ class DataConfig:
 class LoopConfig:
     """The training loop.
 
-    steps: optimizer steps in total (skipped non-finite steps count). seed: parameters, dropout, data order.
+    steps: optimizer steps in total (skipped non-finite steps count). seed: of params, dropout, data order.
     log_every / eval_every / checkpoint_every: in steps (0: never, except a checkpoint at the end).
-    keep_checkpoints: the last N checkpoints are kept. max_nonfinite_in_a_row: stop after that many skipped steps
-    in a row. eval_beam_width: beam for evaluation (0: greedy only).
+    keep_checkpoints: the last N checkpoints are kept. max_nonfinite_in_a_row: stop after that many skipped
+    steps in a row.
     """
 
     steps: int = 1000
@@ -133,7 +133,6 @@ class LoopConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     max_nonfinite_in_a_row: int = 20
-    eval_beam_width: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,31 +144,35 @@ class Config:
 
 
 def _tiny() -> Config:
-    """A small Emformer RNN-T that learns the synthesized dataset on 2 CPU cores in minutes."""
+    """A small Emformer RNN-T (0.6 M parameters) that learns the synthesized dataset on 2 CPU cores.
+
+    Tuned for the main job: no dropout or SpecAugment (too little training for regularization to pay off),
+    80 ms look-ahead (right context 8 frames), Adam 3e-3 with cosine decay.
+    """
     return Config(
         model=ModelConfig(
             encoding_dim=128,
             segment_length=16,
-            right_context_length=4,
+            right_context_length=8,
             time_reduction_input_dim=32,
             time_reduction_stride=4,
             transformer_num_heads=4,
             transformer_ffn_dim=256,
             transformer_num_layers=3,
-            transformer_dropout=0.1,
+            transformer_dropout=0.0,
             transformer_left_context_length=30,
             symbol_embedding_dim=128,
             num_lstm_layers=1,
-            lstm_dropout=0.1,
+            lstm_dropout=0.0,
         ),
-        optim=OptimConfig(lr=2e-3, warmup_steps=100, decay="cosine", loss_reduction="mean"),
-        data=DataConfig(synth_sizes=(3000, 200, 200), vocab_size=48, batch_size=32),
-        loop=LoopConfig(steps=1200, log_every=10, checkpoint_every=300, eval_every=0),
+        optim=OptimConfig(lr=3e-3, warmup_steps=100, decay="cosine", loss_reduction="mean"),
+        data=DataConfig(synth_sizes=(3000, 200, 200), vocab_size=48, batch_size=32, spec_augment=False),
+        loop=LoopConfig(steps=2000, log_every=10, checkpoint_every=500, eval_every=0),
     )
 
 
 def _base() -> Config:
-    """torchaudio's emformer_rnnt_base with its LibriSpeech recipe (4096 BPE pieces, Adam 5e-4, 10k warm-up)."""
+    """torchaudio's emformer_rnnt_base and its LibriSpeech recipe (4096 BPE pieces, Adam 5e-4, warm-up)."""
     return Config(
         data=DataConfig(vocab_size=4096, batch_size=64, num_buckets=8),
         loop=LoopConfig(steps=200_000, checkpoint_every=2000, eval_every=10_000, log_every=50),
@@ -209,7 +212,7 @@ def _convert(value, annotation, where: str):
             value = json.loads(value if value.startswith("[") else f"[{value}]")
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ValueError(f"{where}: expected {len(args)} comma-separated values, got {value!r}")
-        return tuple(_convert(v, a, where) for v, a in zip(value, args))
+        return tuple(_convert(v, a, where) for v, a in zip(value, args, strict=True))
     try:
         if annotation is bool:
             if isinstance(value, str):

@@ -1,4 +1,4 @@
-"""Word and character error rates of a model on a set of examples: greedy or beam search, offline or streaming.
+"""Word and character error rates of a model on examples: greedy or beam search, offline or streaming.
 
 Offline decoding runs the whole utterance through ``RNNT.transcribe``; streaming feeds it segment by segment
 (S frames plus R look-ahead frames) through ``StreamingDecoder``, as a live stream would arrive.
@@ -32,11 +32,10 @@ def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
 def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
     """Corpus WER and CER: total edits over total reference words (characters, spaces included)."""
     if len(references) != len(hypotheses):
-        raise ValueError(f"hypotheses: expected {len(references)} (one per reference), got {len(hypotheses)}")
-    word_errors = sum(edit_distance(r.split(), h.split()) for r, h in zip(references, hypotheses))
-    char_errors = sum(
-        edit_distance(" ".join(r.split()), " ".join(h.split())) for r, h in zip(references, hypotheses)
-    )
+        raise ValueError(f"hypotheses: expected {len(references)}, one per reference, got {len(hypotheses)}")
+    pairs = list(zip(references, hypotheses, strict=True))
+    word_errors = sum(edit_distance(r.split(), h.split()) for r, h in pairs)
+    char_errors = sum(edit_distance(" ".join(r.split()), " ".join(h.split())) for r, h in pairs)
     words = sum(len(r.split()) for r in references)
     chars = sum(len(" ".join(r.split())) for r in references)
     return {
@@ -106,7 +105,7 @@ def decode(
                 model, variables, batch.features, batch.feature_lengths, beam_width=beam_width, blank=blank
             )
             tokens = [hyps[0].tokens for hyps in hypotheses]
-        for utterance_id, valid, ids in zip(batch.ids, batch.valid, tokens):
+        for utterance_id, valid, ids in zip(batch.ids, batch.valid, tokens, strict=True):
             if valid:
                 texts[utterance_id] = tokenizer.decode(ids)
     return [texts[e.id] for e in examples]

@@ -6,14 +6,12 @@ made from the training split on the first run and reused afterwards (and by eval
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from streamformer.features import GlobalStats, compute_global_stats, frame_lengths, log_mel_spectrogram
@@ -44,7 +42,7 @@ def normalize_text(text: str) -> str:
 
 
 def load_corpus(data: DataConfig, split: str) -> list:
-    """The utterances of ``split``: in-memory synth.Utterance for "synth", else data.AudioEntry (audio read later)."""
+    """The utterances of ``split``: synth.Utterance (in memory) for "synth", else data.AudioEntry."""
     spec = getattr(data, split)
     if spec == "synth":
         return _synthesize(
@@ -66,15 +64,16 @@ def _synthesize_range(config: synth.SynthConfig, split: str, begin: int, end: in
 
 
 def _synthesize(config: synth.SynthConfig, split: str, size: int) -> list:
-    """synth.generate_split on every core (numpy synthesis is single-threaded); same result, any core count."""
+    """synth.generate_split on every core (the numpy synthesis is single-threaded); the same result."""
     workers = min(os.cpu_count() or 1, max(size // 200, 1))
     if workers == 1:
         return _synthesize_range(config, split, 0, size)
     bounds = np.linspace(0, size, 4 * workers + 1).astype(int)
     # spawn, not fork: the parent may already run JAX's threads.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
         parts = pool.map(
-            _synthesize_range, *zip(*[(config, split, b, e) for b, e in zip(bounds[:-1], bounds[1:])])
+            _synthesize_range, [config] * len(ranges), [split] * len(ranges), *zip(*ranges, strict=True)
         )
         return [utterance for part in parts for utterance in part]
 
@@ -86,7 +85,7 @@ def _audio(item) -> np.ndarray:
 def log_mel_features(
     audios: list[np.ndarray], batch_size: int = 64, pad_multiple: int = 8000
 ) -> list[np.ndarray]:
-    """Unnormalized log-mel features (T, 80) of each waveform, computed in padded batches (few compiled shapes)."""
+    """Unnormalized log-mel features (T, 80) of each waveform, in padded batches (few compiled shapes)."""
     order = np.argsort([a.size for a in audios])
     out: list[np.ndarray | None] = [None] * len(audios)
     for begin in range(0, len(order), batch_size):
@@ -105,7 +104,7 @@ def log_mel_features(
 
 
 def tokenizer_for(config: Config, workdir: Path, train_texts: list[str] | None) -> Tokenizer:
-    """data.tokenizer if set, else <workdir>/tokenizer.model, trained on ``train_texts`` if it is not there."""
+    """data.tokenizer if set, else <workdir>/tokenizer.model, trained on ``train_texts`` when absent."""
     if config.data.tokenizer:
         return Tokenizer(config.data.tokenizer)
     path = workdir / "tokenizer.model"
@@ -116,8 +115,8 @@ def tokenizer_for(config: Config, workdir: Path, train_texts: list[str] | None) 
     return Tokenizer(path)
 
 
-def global_stats_for(config: Config, workdir: Path, train_features: list[np.ndarray] | None) -> GlobalStats:
-    """data.global_stats if set, else <workdir>/global_stats.json, computed from ``train_features`` if absent."""
+def global_stats_for(config: Config, workdir: Path, train_features: list | None) -> GlobalStats:
+    """data.global_stats if set, else <workdir>/global_stats.json, computed from ``train_features``."""
     if config.data.global_stats:
         return GlobalStats.load(config.data.global_stats)
     path = workdir / "global_stats.json"
@@ -200,10 +199,3 @@ def check_finite(examples: list[data_lib.Example], split: str) -> None:
             len(bad),
             bad[:5],
         )
-
-
-def replace_features(example: data_lib.Example, features: np.ndarray) -> data_lib.Example:
-    return dataclasses.replace(example, features=features)
-
-
-_ = jax  # jax is initialized by the caller (devices, distributed) before features are computed

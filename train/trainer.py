@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Model and optimizer
 
 
@@ -103,7 +103,7 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
     return optax.chain(clip, adam)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # State and step
 
 
@@ -209,8 +209,8 @@ def make_train_step(
 ) -> Callable:
     """``train_step(state, batch) -> (state, metrics)``, pure; jit it (``Mesh1D.jit_train_step``).
 
-    A step whose features, loss or gradients hold NaN or Inf leaves params and opt_state unchanged and is counted
-    (state.skipped, state.nonfinite_in_a_row); the step counter advances either way so the data order holds.
+    A step whose features, loss or gradients hold NaN or Inf leaves params and opt_state unchanged and is
+    counted (state.skipped, state.nonfinite_in_a_row); the step counter advances either way.
     """
     if config.optim.loss_reduction not in ("sum", "mean"):
         raise ValueError(
@@ -259,7 +259,7 @@ def make_eval_loss(model: RNNT, config: Config, blank: int) -> Callable:
     return eval_loss
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Devices
 
 
@@ -313,7 +313,7 @@ def device_batch(batch: data_lib.Batch) -> dict[str, np.ndarray]:
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Logging
 
 
@@ -399,7 +399,7 @@ def _clock(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # The loop
 
 
