@@ -47,7 +47,9 @@ def block(x):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=["emformer", "conv_emformer"], default="emformer")
     parser.add_argument("--quick", action="store_true", help="a small model and short inputs")
     parser.add_argument("--repeats", type=int, default=3)
@@ -56,13 +58,29 @@ def main() -> None:
     ta = reference.load()
 
     if args.quick:
-        config = dict(input_dim=64, num_heads=4, ffn_dim=128, num_layers=2, segment_length=4,
-                      left_context_length=8, right_context_length=1)
+        config = dict(
+            input_dim=64,
+            num_heads=4,
+            ffn_dim=128,
+            num_layers=2,
+            segment_length=4,
+            left_context_length=8,
+            right_context_length=1,
+        )
         base = 64
     else:  # the transformer of torchaudio's emformer_rnnt_base (after its 4x time reduction: 10 s = 250 frames)
-        config = dict(input_dim=512, num_heads=8, ffn_dim=2048, num_layers=20, segment_length=4,
-                      left_context_length=30, right_context_length=1, max_memory_size=0,
-                      weight_init_scale_strategy="depthwise", tanh_on_mem=True)
+        config = dict(
+            input_dim=512,
+            num_heads=8,
+            ffn_dim=2048,
+            num_layers=20,
+            segment_length=4,
+            left_context_length=30,
+            right_context_length=1,
+            max_memory_size=0,
+            weight_init_scale_strategy="depthwise",
+            tanh_on_mem=True,
+        )
         base = 250
     torch.manual_seed(0)
     if args.model == "emformer":
@@ -75,12 +93,16 @@ def main() -> None:
     S, R, D = config["segment_length"], config["right_context_length"], config["input_dim"]
     rng = np.random.default_rng(0)
     print(f"# {args.model}: {config}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} on {jax.devices()[0].platform};"
-          f" torch {torch.__version__} with {THREADS} threads\n")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} on {jax.devices()[0].platform};"
+        f" torch {torch.__version__} with {THREADS} threads\n"
+    )
 
-    forward = jax.jit(lambda v, x, l: model.apply(v, x, l)[0])
+    forward = jax.jit(lambda v, x, n: model.apply(v, x, n)[0])
     print("## O(T) forward, batch 1\n")
-    print("| T (frames) | streamformer ms | ms/frame | XLA peak MB | MB/frame | torchaudio ms | ms/frame | speed-up |")
+    print(
+        "| T (frames) | streamformer ms | ms/frame | XLA peak MB | MB/frame | torchaudio ms | ms/frame | speed-up |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for multiple in (1, 4, 16):
         T = base * multiple
@@ -89,18 +111,22 @@ def main() -> None:
         xj, lj = jnp.asarray(x), jnp.asarray(lengths)
         compiled = forward.lower(variables, xj, lj).compile()
         memory = compiled.memory_analysis()
-        peak = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes) / 2**20
+        peak = (
+            memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+        ) / 2**20
         ours = timed(lambda: block(compiled(variables, xj, lj)), args.repeats)
         with torch.no_grad():
             xt, lt = torch.from_numpy(x), torch.from_numpy(lengths)
             theirs = timed(lambda: torch_model(xt, lt), max(1, args.repeats if multiple < 16 else 1))
-        print(f"| {T} | {ours * 1e3:.1f} | {ours * 1e3 / T:.3f} | {peak:.0f} | {peak / T:.2f} | {theirs * 1e3:.1f} |"
-              f" {theirs * 1e3 / T:.3f} | {theirs / ours:.2f}x |")
+        print(
+            f"| {T} | {ours * 1e3:.1f} | {ours * 1e3 / T:.3f} | {peak:.0f} | {peak / T:.2f} | {theirs * 1e3:.1f} |"
+            f" {theirs * 1e3 / T:.3f} | {theirs / ours:.2f}x |"
+        )
 
     print("\n## Streaming, batch 1\n")
     T = base
     x = rng.standard_normal((1, T + R, D)).astype(np.float32)
-    infer = jax.jit(lambda v, c, l, s: model.apply(v, c, l, s, method="infer"))
+    infer = jax.jit(lambda v, c, n, s: model.apply(v, c, n, s, method="infer"))
     chunks = [jnp.asarray(x[:, i * S : i * S + S + R]) for i in range(T // S)]
     full = jnp.array([S + R])
 
@@ -118,22 +144,29 @@ def main() -> None:
             for chunk in torch_chunks:
                 _, _, states = torch_model.infer(chunk, torch.tensor([S + R]), states)
 
-    stream = jax.jit(lambda v, x, l: model.apply(v, x, l, method="stream")[0])
+    stream = jax.jit(lambda v, x, n: model.apply(v, x, n, method="stream")[0])
     xj, lj = jnp.asarray(x), jnp.array([T])
     ours_step = timed(ours_loop, args.repeats) / len(chunks)
     torch_step = timed(torch_loop, args.repeats) / len(chunks)
     ours_stream = timed(lambda: block(stream(variables, xj, lj)), args.repeats)
     print("| measure | streamformer | torchaudio | speed-up |")
     print("|---|---|---|---|")
-    print(f"| one infer step (segment of {S} frames) | {ours_step * 1e3:.2f} ms | {torch_step * 1e3:.2f} ms |"
-          f" {torch_step / ours_step:.2f}x |")
-    print(f"| whole utterance ({T} frames) streamed | {ours_stream * 1e3:.1f} ms (one lax.scan) |"
-          f" {torch_step * len(chunks) * 1e3:.1f} ms (infer loop) | {torch_step * len(chunks) / ours_stream:.2f}x |")
+    print(
+        f"| one infer step (segment of {S} frames) | {ours_step * 1e3:.2f} ms | {torch_step * 1e3:.2f} ms |"
+        f" {torch_step / ours_step:.2f}x |"
+    )
+    print(
+        f"| whole utterance ({T} frames) streamed | {ours_stream * 1e3:.1f} ms (one lax.scan) |"
+        f" {torch_step * len(chunks) * 1e3:.1f} ms (infer loop) | {torch_step * len(chunks) / ours_stream:.2f}x |"
+    )
     batch = 32
     xb = jnp.asarray(rng.standard_normal((batch, T + R, D)).astype(np.float32))
     ours_batch = timed(lambda: block(stream(variables, xb, jnp.full((batch,), T))), max(1, args.repeats - 1))
-    print(f"| {batch} streams in one batch, streamed | {ours_batch * 1e3:.1f} ms | {torch_step * len(chunks) * batch * 1e3:.1f}"
-          f" ms ({batch} x one-stream loop) | {torch_step * len(chunks) * batch / ours_batch:.2f}x |")
+    print(
+        f"| {batch} streams in one batch, streamed | {ours_batch * 1e3:.1f} ms |"
+        f" {torch_step * len(chunks) * batch * 1e3:.1f}"
+        f" ms ({batch} x one-stream loop) | {torch_step * len(chunks) * batch / ours_batch:.2f}x |"
+    )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def _from_torch_layout(leaf: str, array: np.ndarray) -> np.ndarray:
 
 def _param_shapes(model) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
     if not hasattr(model, "example_inputs"):
-        raise TypeError(f"model: expected a streamformer model with example_inputs(), got {type(model).__name__}")
+        raise TypeError(
+            f"model: expected a streamformer model with example_inputs(), got {type(model).__name__}"
+        )
     shapes = jax.eval_shape(model.init, jax.random.key(0), *model.example_inputs())
     return traverse_util.flatten_dict(shapes["params"])
 
@@ -95,10 +97,16 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         import torch
 
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(loaded, Mapping) and "state_dict" in loaded and isinstance(loaded["state_dict"], Mapping):
+        if (
+            isinstance(loaded, Mapping)
+            and "state_dict" in loaded
+            and isinstance(loaded["state_dict"], Mapping)
+        ):
             loaded = loaded["state_dict"]
         if not isinstance(loaded, Mapping):
-            raise ConversionError(f"state_dict: {path!r} holds a {type(loaded).__name__}, expected a state dict")
+            raise ConversionError(
+                f"state_dict: {path!r} holds a {type(loaded).__name__}, expected a state dict"
+            )
         return {key: _to_numpy(value) for key, value in loaded.items()}
     raise ValueError(f"state_dict: expected a .pt, .pth or .safetensors file, got {path!r}")
 
@@ -128,12 +136,15 @@ def from_torchaudio(model, state_dict: Mapping[str, Any] | str | os.PathLike) ->
         array = _from_torch_layout(path[-1], _to_numpy(state_dict[key]))
         if array.shape != spec.shape:
             torch_shape = _to_torch_layout(path[-1], np.empty(spec.shape, dtype=np.uint8)).shape
-            problems.append(f"key {key!r}: expected shape {torch_shape}, got {tuple(_to_numpy(state_dict[key]).shape)}")
+            problems.append(
+                f"key {key!r}: expected shape {torch_shape}, got {tuple(_to_numpy(state_dict[key]).shape)}"
+            )
             continue
         converted[path] = jax.numpy.asarray(array, dtype=spec.dtype)
     if problems:
         raise ConversionError(
-            f"state_dict does not fit {type(model).__name__} ({len(problems)} problems):\n  " + "\n  ".join(problems)
+            f"state_dict does not fit {type(model).__name__} ({len(problems)} problems):\n  "
+            + "\n  ".join(problems)
         )
     return {"params": traverse_util.unflatten_dict(converted)}
 

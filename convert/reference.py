@@ -88,8 +88,18 @@ def _download_wheel(into: Path) -> Path:
     given = os.environ.get("STREAMFORMER_TORCHAUDIO_WHEEL")
     if given:
         return Path(given)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-           f"torchaudio=={VERSION}", "-d", str(into)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--disable-pip-version-check",
+        f"torchaudio=={VERSION}",
+        "-d",
+        str(into),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = glob.glob(str(into / "torchaudio-*.whl"))
     if result.returncode != 0 or not wheels:
@@ -130,13 +140,17 @@ def load() -> ModuleType:
     try:
         import torch  # noqa: F401
     except ImportError as error:
-        raise ReferenceUnavailable("the torchaudio reference needs torch: pip install torch==2.13.0") from error
+        raise ReferenceUnavailable(
+            "the torchaudio reference needs torch: pip install torch==2.13.0"
+        ) from error
     loaded = sys.modules.get("torchaudio")
     if loaded is not None:
         if getattr(loaded, "__version__", "").startswith(VERSION) and hasattr(loaded, "__path__"):
             _import_all()
             return loaded
-        raise ReferenceUnavailable(f"another torchaudio ({getattr(loaded, '__version__', '?')}) is already imported")
+        raise ReferenceUnavailable(
+            f"another torchaudio ({getattr(loaded, '__version__', '?')}) is already imported"
+        )
     target = cache_dir()
     if not (target / "COMPLETE").exists():
         _build(target)
@@ -146,7 +160,9 @@ def load() -> ModuleType:
     finally:
         sys.path.remove(str(target))
     if not str(Path(module.__file__)).startswith(str(target)):
-        raise ReferenceUnavailable(f"imported torchaudio from {module.__file__}, not from the reference {target}")
+        raise ReferenceUnavailable(
+            f"imported torchaudio from {module.__file__}, not from the reference {target}"
+        )
     _import_all()
     return module
 

@@ -1,13 +1,36 @@
 """streamformer: streaming speech models of the Emformer family in JAX/Flax.
 
 torchaudio's Emformer, ConvEmformer and Emformer RNN-T as Flax Linen modules with numerical parity, streaming
-as a ``lax.scan`` over segments with an explicit state pytree.
+as a ``lax.scan`` over segments with an explicit state pytree, the RNN-T loss, and batched jit decoding
+(``streamformer.decoding``). Front end and text: ``streamformer.features``, ``streamformer.text``.
 """
 
 from .conv_emformer import ConvEmformer
 from .emformer import Emformer
+from .rnnt import (
+    RNNT,
+    PredictorState,
+    conv_emformer_rnnt_model,
+    emformer_rnnt_base,
+    emformer_rnnt_model,
+    joiner_fn,
+)
+from .rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
 from .streaming import EmformerState, reset_streams
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvEmformer", "Emformer", "EmformerState", "reset_streams"]
+__all__ = [
+    "RNNT",
+    "ConvEmformer",
+    "Emformer",
+    "EmformerState",
+    "PredictorState",
+    "conv_emformer_rnnt_model",
+    "emformer_rnnt_base",
+    "emformer_rnnt_model",
+    "joiner_fn",
+    "reset_streams",
+    "rnnt_loss",
+    "rnnt_loss_from_encodings",
+]

@@ -33,13 +33,17 @@ def array_shape(name: str, x, expected: Sequence[int | None], what: str) -> None
     if shape is None:
         raise TypeError(f"{name}: expected an array of shape {what}, got {type(x).__name__}")
     if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
-        raise ValueError(f"{name}: expected shape {what} = {tuple('*' if e is None else e for e in expected)}, "
-                         f"got {tuple(shape)}")
+        raise ValueError(
+            f"{name}: expected shape {what} = {tuple('*' if e is None else e for e in expected)}, "
+            f"got {tuple(shape)}"
+        )
 
 
 def integer_array(name: str, x) -> None:
     if not jnp.issubdtype(jnp.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype, jnp.integer):
-        raise TypeError(f"{name}: expected an integer array, got dtype {getattr(x, 'dtype', type(x).__name__)}")
+        raise TypeError(
+            f"{name}: expected an integer array, got dtype {getattr(x, 'dtype', type(x).__name__)}"
+        )
 
 
 def floating_array(name: str, x) -> None:

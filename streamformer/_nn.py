@@ -57,8 +57,13 @@ def dense(
     )
 
 
-def layer_norm(*, dtype: Dtype = None, param_dtype: Dtype = jnp.float32, epsilon: float = LAYER_NORM_EPS,
-               name: str | None = None) -> nn.LayerNorm:
+def layer_norm(
+    *,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+    epsilon: float = LAYER_NORM_EPS,
+    name: str | None = None,
+) -> nn.LayerNorm:
     """torch.nn.LayerNorm: eps 1e-5 (Flax's default is 1e-6), ones and zeros."""
     return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name)
 

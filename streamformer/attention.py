@@ -105,7 +105,9 @@ class EmformerAttention(nn.Module):
         rc_keys, rc_values = keys_values(right_context)
         utt_keys, utt_values = keys_values(utterance.reshape(B, N * S, D))
         frame_start = jnp.arange(N) * S
-        frame_keys = gather_windows(jnp.concatenate([left_keys.astype(utt_keys.dtype), utt_keys], 1), frame_start, L + S)
+        frame_keys = gather_windows(
+            jnp.concatenate([left_keys.astype(utt_keys.dtype), utt_keys], 1), frame_start, L + S
+        )
         frame_values = gather_windows(
             jnp.concatenate([left_values.astype(utt_values.dtype), utt_values], 1), frame_start, L + S
         )
@@ -138,4 +140,4 @@ class EmformerAttention(nn.Module):
         if summary is not None:
             memory = output[:, :, R + S]
             memory = jnp.tanh(memory) if self.tanh_on_mem else jnp.clip(memory, -10, 10)
-        return output[:, :, :R], output[:, :, R:R + S], memory, utt_keys, utt_values
+        return output[:, :, :R], output[:, :, R : R + S], memory, utt_keys, utt_values

@@ -38,9 +38,13 @@ class _HalfStepFeedForward(nn.Module):
     def __call__(self, x, deterministic: bool):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(self.dropout)
-        h = dense(self.ffn_dim, fan_in=self.input_dim, name="module_1", **kw)(layer_norm(name="module_0", **kw)(x))
+        h = dense(self.ffn_dim, fan_in=self.input_dim, name="module_1", **kw)(
+            layer_norm(name="module_0", **kw)(x)
+        )
         h = drop(activation(self.activation, "ffn_activation")(h), deterministic=deterministic)
-        h = drop(dense(self.input_dim, fan_in=self.ffn_dim, name="module_4", **kw)(h), deterministic=deterministic)
+        h = drop(
+            dense(self.input_dim, fan_in=self.ffn_dim, name="module_4", **kw)(h), deterministic=deterministic
+        )
         return 0.5 * h + x
 
 
@@ -63,19 +67,33 @@ class _ConvolutionModule(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         pre_norm = layer_norm(name="pre_conv_0", **kw)
         pre_linear = dense(2 * D, fan_in=D, name="pre_conv_1", **kw)
-        conv = nn.Conv(D, (K,), padding="VALID", feature_group_count=D, bias_init=torch_default_bias_init(K),
-                       kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"), name="conv", **kw)
+        conv = nn.Conv(
+            D,
+            (K,),
+            padding="VALID",
+            feature_group_count=D,
+            bias_init=torch_default_bias_init(K),
+            kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+            name="conv",
+            **kw,
+        )
         post_norm = layer_norm(name="post_conv_0", **kw)
         post_linear = dense(D, fan_in=D, name="post_conv_2", **kw)
         glu = lambda x: x[..., :D] * jax.nn.sigmoid(x[..., D:])  # noqa: E731
 
         x_utterance = glu(pre_linear(pre_norm(utterance.reshape(B, N * S, D))))
-        history = jnp.concatenate([conv_cache.astype(x_utterance.dtype), x_utterance], axis=1)  # (B, K-1 + N*S, D)
+        history = jnp.concatenate(
+            [conv_cache.astype(x_utterance.dtype), x_utterance], axis=1
+        )  # (B, K-1 + N*S, D)
         conv_utterance = conv(history).reshape(B, N, S, D)
         # Each block's K - 1 preceding frames end where its right context starts: segment end or sequence end.
-        rc_start = jnp.arange(N) * S + valid_frames  # (B, N), in frame coordinates; history is offset by K - 1
+        rc_start = (
+            jnp.arange(N) * S + valid_frames
+        )  # (B, N), in frame coordinates; history is offset by K - 1
         prefix_index = rc_start[..., None] + jnp.arange(K - 1)  # (B, N, K - 1) into history
-        prefix = jnp.take_along_axis(history, prefix_index.reshape(B, -1)[..., None], axis=1).reshape(B, N, K - 1, D)
+        prefix = jnp.take_along_axis(history, prefix_index.reshape(B, -1)[..., None], axis=1).reshape(
+            B, N, K - 1, D
+        )
         new_cache = prefix[:, 0]
         if R:
             x_rc = glu(pre_linear(pre_norm(right_context)))
@@ -87,7 +105,11 @@ class _ConvolutionModule(nn.Module):
         act = activation(self.activation, "conv_activation")
         drop = nn.Dropout(self.dropout)
         post = lambda y: drop(post_linear(act(post_norm(y))), deterministic=deterministic)  # noqa: E731
-        return post(conv_utterance) + utterance, post(conv_rc) + right_context if R else right_context, new_cache
+        return (
+            post(conv_utterance) + utterance,
+            post(conv_rc) + right_context if R else right_context,
+            new_cache,
+        )
 
 
 class ConvEmformerLayer(nn.Module):
@@ -121,17 +143,27 @@ class ConvEmformerLayer(nn.Module):
         """See StreamingEncoder. Returns (utterance, right_context, memory, keys, values, conv_cache)."""
         D = self.input_dim
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ffn = dict(input_dim=D, ffn_dim=self.ffn_dim, dropout=self.dropout, activation=self.ffn_activation, **kw)
+        ffn = dict(
+            input_dim=D, ffn_dim=self.ffn_dim, dropout=self.dropout, activation=self.ffn_activation, **kw
+        )
         ffn0, ffn1 = _HalfStepFeedForward(**ffn, name="ffn0"), _HalfStepFeedForward(**ffn, name="ffn1")
         layer_norm_input = layer_norm(name="layer_norm_input", **kw)
 
         # Unlike Emformer, the summary is the mean of the raw segment, which then goes through ffn0 and the norm.
         has_memory = masks.memory.shape[-1] > 0
-        summary = ffn0(masked_segment_mean(utterance, masks.valid_frames), deterministic) if has_memory else None
+        summary = (
+            ffn0(masked_segment_mean(utterance, masks.valid_frames), deterministic) if has_memory else None
+        )
         utterance, right_context = ffn0(utterance, deterministic), ffn0(right_context, deterministic)
         rc_out, utt_out, memory, keys, values = EmformerAttention(
-            D, self.num_heads, self.dropout, self.weight_init_gain, self.tanh_on_mem, self.negative_inf,
-            name="attention", **kw,
+            D,
+            self.num_heads,
+            self.dropout,
+            self.weight_init_gain,
+            self.tanh_on_mem,
+            self.negative_inf,
+            name="attention",
+            **kw,
         )(
             layer_norm_input(right_context),
             layer_norm_input(utterance),

@@ -55,9 +55,24 @@ class EmformerLayer(nn.Module):
         normed_utterance, normed_right_context = layer_norm_input(utterance), layer_norm_input(right_context)
         summary = masked_segment_mean(normed_utterance, masks.valid_frames) if has_memory else None
         rc_out, utt_out, memory, keys, values = EmformerAttention(
-            D, self.num_heads, self.dropout, self.weight_init_gain, self.tanh_on_mem, self.negative_inf,
-            name="attention", **norm,
-        )(normed_right_context, normed_utterance, summary, memory_bank, left_keys, left_values, masks, deterministic)
+            D,
+            self.num_heads,
+            self.dropout,
+            self.weight_init_gain,
+            self.tanh_on_mem,
+            self.negative_inf,
+            name="attention",
+            **norm,
+        )(
+            normed_right_context,
+            normed_utterance,
+            summary,
+            memory_bank,
+            left_keys,
+            left_values,
+            masks,
+            deterministic,
+        )
 
         drop = nn.Dropout(self.dropout)
         ffn_in = dense(self.ffn_dim, fan_in=D, name="pos_ff_1", **norm)

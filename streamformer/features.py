@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,6 +34,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ._io import atomic_write_text
 
 Array = Any
 
@@ -134,23 +135,7 @@ class GlobalStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the JSON file atomically (a temporary file in the same folder, then os.replace)."""
-        _atomic_write_text(path, self.to_json() + "\n")
-
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write_text(path, self.to_json() + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------

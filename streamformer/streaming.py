@@ -95,10 +95,14 @@ class StreamingEncoder(nn.Module):
         for name in ("left_context_length", "right_context_length", "max_memory_size"):
             _checks.positive_int(name, getattr(self, name), minimum=0)
         if self.input_dim % self.num_heads:
-            raise ValueError(f"input_dim: expected a multiple of num_heads ({self.num_heads}), got {self.input_dim}")
+            raise ValueError(
+                f"input_dim: expected a multiple of num_heads ({self.num_heads}), got {self.input_dim}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
-        _checks.one_of("weight_init_scale_strategy", self.weight_init_scale_strategy, ["depthwise", "constant", None])
+        _checks.one_of(
+            "weight_init_scale_strategy", self.weight_init_scale_strategy, ["depthwise", "constant", None]
+        )
         if not self.negative_inf < 0:
             raise ValueError(f"negative_inf: expected a large negative number, got {self.negative_inf!r}")
 
@@ -171,10 +175,17 @@ class StreamingEncoder(nn.Module):
             output (B, T, D), and output_lengths (B,) (= lengths).
         """
         self._check_input(input, lengths, "T + right_context_length")
-        S, R, L, M = self.segment_length, self.right_context_length, self.left_context_length, self.max_memory_size
+        S, R, L, M = (
+            self.segment_length,
+            self.right_context_length,
+            self.left_context_length,
+            self.max_memory_size,
+        )
         B, T = input.shape[0], input.shape[1] - R
         if T < 1:
-            raise ValueError(f"input: expected at least right_context_length + 1 = {R + 1} frames, got {input.shape[1]}")
+            raise ValueError(
+                f"input: expected at least right_context_length + 1 = {R + 1} frames, got {input.shape[1]}"
+            )
         _checks.lengths_in_range("lengths", lengths, 0, T)
         dtype = self.dtype or input.dtype
         x = input.astype(dtype)
@@ -187,7 +198,9 @@ class StreamingEncoder(nn.Module):
         # Segment n's right context starts right after its frames, or right after the sequence's last frame.
         rc_index = (segment_start + valid_frames)[..., None] + jnp.arange(R)  # (B, N, R)
         D = x.shape[-1]
-        right_context = jnp.take_along_axis(x, rc_index.reshape(B, N * R)[..., None], axis=1).reshape(B, N, R, D)
+        right_context = jnp.take_along_axis(x, rc_index.reshape(B, N * R)[..., None], axis=1).reshape(
+            B, N, R, D
+        )
 
         frame_pos = segment_start[:, None] - L + jnp.arange(L + S)[None, :]  # (N, L + S)
         masks = SegmentMasks(
@@ -223,7 +236,12 @@ class StreamingEncoder(nn.Module):
         Returns:
             output (B, S, D), output_lengths (B,) = max(lengths - R, 0), and the new state.
         """
-        S, R, L, M = self.segment_length, self.right_context_length, self.left_context_length, self.max_memory_size
+        S, R, L, M = (
+            self.segment_length,
+            self.right_context_length,
+            self.left_context_length,
+            self.max_memory_size,
+        )
         self._check_input(input, lengths, "segment_length + right_context_length")
         if input.shape[1] != S + R:
             raise ValueError(
@@ -245,9 +263,9 @@ class StreamingEncoder(nn.Module):
         frame_slot = jnp.arange(L + S)[None, :]
         masks = SegmentMasks(
             memory=(jnp.arange(M)[None, :] >= M - filled_memory[:, None])[:, None],
-            frames=jnp.where(frame_slot < L, frame_slot >= L - filled_left[:, None], frame_slot - L < valid[:, None])[
-                :, None
-            ],
+            frames=jnp.where(
+                frame_slot < L, frame_slot >= L - filled_left[:, None], frame_slot - L < valid[:, None]
+            )[:, None],
             valid_frames=valid[:, None],
         )
         memory = masked_segment_mean(utterance, masks.valid_frames)
@@ -267,12 +285,14 @@ class StreamingEncoder(nn.Module):
             )
             new["memory"].append(jnp.concatenate([bank, layer_memory], axis=1)[:, 1:] if M else bank)
             new["left_context_keys"].append(
-                jnp.concatenate([state.left_context_keys[index], keys.astype(state.left_context_keys.dtype)], 1)[:, S:]
+                jnp.concatenate(
+                    [state.left_context_keys[index], keys.astype(state.left_context_keys.dtype)], 1
+                )[:, S:]
             )
             new["left_context_values"].append(
-                jnp.concatenate([state.left_context_values[index], values.astype(state.left_context_values.dtype)], 1)[
-                    :, S:
-                ]
+                jnp.concatenate(
+                    [state.left_context_values[index], values.astype(state.left_context_values.dtype)], 1
+                )[:, S:]
             )
             new["conv_cache"].append(conv_cache)
         stepped = EmformerState(
@@ -299,7 +319,9 @@ class StreamingEncoder(nn.Module):
         S, R = self.segment_length, self.right_context_length
         B, T = input.shape[0], input.shape[1] - R
         if T < 1:
-            raise ValueError(f"input: expected at least right_context_length + 1 = {R + 1} frames, got {input.shape[1]}")
+            raise ValueError(
+                f"input: expected at least right_context_length + 1 = {R + 1} frames, got {input.shape[1]}"
+            )
         _checks.lengths_in_range("lengths", lengths, 0, T)
         lengths = lengths.astype(jnp.int32)
         N = -(-T // S)

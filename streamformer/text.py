@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from ._io import atomic_write_bytes
 
 # torchaudio's train_spm.py ids.
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -34,21 +35,6 @@ def _sentencepiece():
             "streamformer.text needs sentencepiece: pip install 'streamformer[train]' (or sentencepiece)"
         ) from error
     return sentencepiece
-
-
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def train_bpe(
@@ -100,7 +86,7 @@ def train_bpe(
         spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=writer, **settings)
     except (RuntimeError, ValueError) as error:
         raise ValueError(f"train_bpe: sentencepiece could not train the model: {error}") from error
-    _atomic_write_bytes(out_path, writer.getvalue())
+    atomic_write_bytes(out_path, writer.getvalue())
     return os.fspath(out_path)
 
 

@@ -12,8 +12,16 @@ import torch
 import convert
 from streamformer import ConvEmformer, Emformer
 
-CONFIG = dict(input_dim=8, num_heads=2, ffn_dim=16, num_layers=2, segment_length=4, left_context_length=2,
-              right_context_length=1, max_memory_size=2)
+CONFIG = dict(
+    input_dim=8,
+    num_heads=2,
+    ffn_dim=16,
+    num_layers=2,
+    segment_length=4,
+    left_context_length=2,
+    right_context_length=1,
+    max_memory_size=2,
+)
 
 
 @pytest.fixture(scope="module", params=["emformer", "conv_emformer"])
@@ -21,7 +29,9 @@ def pair(torchaudio_ref, request):
     torch.manual_seed(0)
     if request.param == "emformer":
         return torchaudio_ref.models.Emformer(**CONFIG), Emformer(**CONFIG)
-    return torchaudio_ref.prototype.models.ConvEmformer(**CONFIG, kernel_size=3), ConvEmformer(**CONFIG, kernel_size=3)
+    return torchaudio_ref.prototype.models.ConvEmformer(**CONFIG, kernel_size=3), ConvEmformer(
+        **CONFIG, kernel_size=3
+    )
 
 
 def test_round_trip_is_exact_and_loads_strict(pair):
@@ -49,7 +59,9 @@ def test_checkpoint_files(pair, tmp_path):
 
     expected = convert.from_torchaudio(model, reference.state_dict())
     torch.save(reference.state_dict(), tmp_path / "model.pt")
-    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "model.safetensors")
+    )
     for name in ("model.pt", "model.safetensors"):
         got = convert.from_torchaudio(model, tmp_path / name)
         for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got)):

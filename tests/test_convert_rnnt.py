@@ -161,3 +161,29 @@ def test_cli_errors(tiny_checkpoint, capsys):
     ]
     assert main([str(folder / "nothing.pt"), "emformer", str(folder / "x"), *emformer_args]) == 1
     assert "no checkpoint file" in capsys.readouterr().err
+
+
+def test_cli_other_factories(torchaudio_ref, tmp_path, capsys):
+    """conv_emformer_rnnt_model (torchaudio RNNT with a ConvEmformer transcriber) and a plain Emformer."""
+    from convert.cli import _torchaudio_model
+
+    conv_kwargs = {**TINY, "transformer_kernel_size": 3}
+    emformer_kwargs = {
+        "input_dim": 8,
+        "num_heads": 2,
+        "ffn_dim": 8,
+        "num_layers": 2,
+        "segment_length": 4,
+        "right_context_length": 1,
+        "left_context_length": 2,
+        "max_memory_size": 1,
+    }
+    for factory, kwargs in (("conv_emformer_rnnt_model", conv_kwargs), ("emformer", emformer_kwargs)):
+        torch.manual_seed(4)
+        reference = _torchaudio_model(factory, kwargs)
+        path = tmp_path / f"{factory}.pt"
+        torch.save(reference.state_dict(), path)
+        assert main([str(path), factory, str(tmp_path / factory), "--kwargs", json.dumps(kwargs)]) == 0
+        assert "max abs difference to torchaudio" in capsys.readouterr().out
+        model, variables = load_converted(tmp_path / factory)
+        _assert_same_params(variables, from_torchaudio(model, reference.state_dict()))

@@ -31,10 +31,20 @@ GRID = [
     dict(segment_length=4, right_context_length=2, activation="gelu"),
     dict(segment_length=3, left_context_length=4, activation="silu", weight_init_scale_strategy="constant"),
     dict(segment_length=4, max_memory_size=2, weight_init_scale_strategy=None),
-    dict(segment_length=4, max_memory_size=3, tanh_on_mem=True, left_context_length=2, right_context_length=1),
-    dict(segment_length=5, max_memory_size=1, left_context_length=7, right_context_length=3, activation="gelu"),
-    dict(segment_length=2, max_memory_size=4, tanh_on_mem=True, right_context_length=1, activation="silu",
-         weight_init_scale_strategy="constant"),
+    dict(
+        segment_length=4, max_memory_size=3, tanh_on_mem=True, left_context_length=2, right_context_length=1
+    ),
+    dict(
+        segment_length=5, max_memory_size=1, left_context_length=7, right_context_length=3, activation="gelu"
+    ),
+    dict(
+        segment_length=2,
+        max_memory_size=4,
+        tanh_on_mem=True,
+        right_context_length=1,
+        activation="silu",
+        weight_init_scale_strategy="constant",
+    ),
     dict(segment_length=6, left_context_length=6, right_context_length=2, weight_init_scale_strategy=None),
 ]
 
@@ -66,22 +76,50 @@ def test_parity_forward_and_infer(torchaudio_ref, config, rng):
     out, out_lengths = jax.jit(model.apply)(variables, jnp.asarray(batch), jnp.array(lengths))
     assert out.shape == (3, 4 * S, D) and out_lengths.tolist() == lengths
     for b, length in enumerate(lengths):
-        assert_close(out[b, :length], torch_forward(reference, solos[b], length, R), what=f"forward, T={length}")
+        assert_close(
+            out[b, :length], torch_forward(reference, solos[b], length, R), what=f"forward, T={length}"
+        )
     infer = jax.jit(lambda *a: model.apply(*a, method="infer"))
-    assert_close(flax_infer_loop(infer, variables, solos[0][None], S, R)[0], torch_infer_loop(reference, solos[0], S, R),
-                 what="infer loop")
+    assert_close(
+        flax_infer_loop(infer, variables, solos[0][None], S, R)[0],
+        torch_infer_loop(reference, solos[0], S, R),
+        what="infer loop",
+    )
 
 
 # ConvEmformer: kernel sizes from 2 to wider than a segment, and the factors of the Emformer grid.
 CONV_GRID = [
     dict(segment_length=4, kernel_size=2),
-    dict(segment_length=4, kernel_size=3, right_context_length=2, ffn_activation="gelu", conv_activation="relu"),
-    dict(segment_length=3, kernel_size=7, left_context_length=4, right_context_length=1, max_memory_size=2,
-         conv_activation="gelu", weight_init_scale_strategy="constant"),
-    dict(segment_length=4, kernel_size=4, max_memory_size=3, tanh_on_mem=True, ffn_activation="silu",
-         weight_init_scale_strategy=None),
-    dict(segment_length=2, kernel_size=5, right_context_length=3, max_memory_size=1, left_context_length=3,
-         tanh_on_mem=True, ffn_activation="gelu", conv_activation="silu"),
+    dict(
+        segment_length=4, kernel_size=3, right_context_length=2, ffn_activation="gelu", conv_activation="relu"
+    ),
+    dict(
+        segment_length=3,
+        kernel_size=7,
+        left_context_length=4,
+        right_context_length=1,
+        max_memory_size=2,
+        conv_activation="gelu",
+        weight_init_scale_strategy="constant",
+    ),
+    dict(
+        segment_length=4,
+        kernel_size=4,
+        max_memory_size=3,
+        tanh_on_mem=True,
+        ffn_activation="silu",
+        weight_init_scale_strategy=None,
+    ),
+    dict(
+        segment_length=2,
+        kernel_size=5,
+        right_context_length=3,
+        max_memory_size=1,
+        left_context_length=3,
+        tanh_on_mem=True,
+        ffn_activation="gelu",
+        conv_activation="silu",
+    ),
 ]
 
 
@@ -93,10 +131,15 @@ def test_conv_emformer_parity_forward_and_infer(torchaudio_ref, config, rng):
     batch, solos = padded_batch(rng, lengths, R, D)
     out, _ = jax.jit(model.apply)(variables, jnp.asarray(batch), jnp.array(lengths))
     for b, length in enumerate(lengths):
-        assert_close(out[b, :length], torch_forward(reference, solos[b], length, R), what=f"forward, T={length}")
+        assert_close(
+            out[b, :length], torch_forward(reference, solos[b], length, R), what=f"forward, T={length}"
+        )
     infer = jax.jit(lambda *a: model.apply(*a, method="infer"))
-    assert_close(flax_infer_loop(infer, variables, solos[0][None], S, R)[0], torch_infer_loop(reference, solos[0], S, R),
-                 what="infer loop")
+    assert_close(
+        flax_infer_loop(infer, variables, solos[0][None], S, R)[0],
+        torch_infer_loop(reference, solos[0], S, R),
+        what="infer loop",
+    )
 
 
 @pytest.fixture(scope="module", params=["emformer", "conv_emformer"])
@@ -108,9 +151,14 @@ def memory_model(torchaudio_ref, request):
         reference, model, variables = make(torchaudio_ref, num_layers=2, **config)
     else:
         reference, model, variables = make_conv(torchaudio_ref, num_layers=2, kernel_size=6, **config)
-    return reference, model, variables, jax.jit(lambda v, x, l: model.apply(v, x, l)), jax.jit(
-        lambda v, x, l, s: model.apply(v, x, l, s, method="infer")
-    ), jax.jit(lambda v, x, l: model.apply(v, x, l, method="stream"))
+    return (
+        reference,
+        model,
+        variables,
+        jax.jit(lambda v, x, n: model.apply(v, x, n)),
+        jax.jit(lambda v, x, n, s: model.apply(v, x, n, s, method="infer")),
+        jax.jit(lambda v, x, n: model.apply(v, x, n, method="stream")),
+    )
 
 
 def test_padded_batch_equals_each_sequence_alone(memory_model):
@@ -131,7 +179,9 @@ def test_torchaudio_itself_leaks_padding(memory_model):
     lengths = [9, 16]
     batch, _ = padded_batch(np.random.default_rng(2), lengths, R=2, D=D)
     other = batch.copy()
-    other[0, 11:] = np.random.default_rng(7).standard_normal(other[0, 11:].shape) * 3  # not a constant shift: LayerNorm removes those
+    other[0, 11:] = (
+        np.random.default_rng(7).standard_normal(other[0, 11:].shape) * 3
+    )  # not a constant shift: LayerNorm removes those
     with torch.no_grad():
         a, _ = reference(torch.from_numpy(batch), torch.tensor(lengths))
         b, _ = reference(torch.from_numpy(other), torch.tensor(lengths))
@@ -151,8 +201,12 @@ def test_streams_started_at_different_times(memory_model):
         chunk0 = x0[i * S : i * S + S + R]
         j = i - delay
         chunk1 = x1[j * S : j * S + S + R] if j >= 0 else np.full((S + R, D), 1e3, np.float32)
-        out, _, state = infer(variables, jnp.asarray(np.stack([chunk0, chunk1])),
-                              jnp.array([S + R, S + R if j >= 0 else 0]), state)
+        out, _, state = infer(
+            variables,
+            jnp.asarray(np.stack([chunk0, chunk1])),
+            jnp.array([S + R, S + R if j >= 0 else 0]),
+            state,
+        )
         out0.append(np.asarray(out[0]))
         if j >= 0:
             out1.append(np.asarray(out[1]))
@@ -173,7 +227,7 @@ def test_reset_streams_lets_a_new_utterance_take_a_slot(memory_model):
     fresh = rng.standard_normal((2 * S + R, D)).astype(np.float32)
     outs = []
     for i in range(2):
-        chunk = np.stack([x[0, :S + R], fresh[i * S : i * S + S + R]])
+        chunk = np.stack([x[0, : S + R], fresh[i * S : i * S + S + R]])
         out, _, state = infer(variables, jnp.asarray(chunk), jnp.full((2,), S + R), state)
         outs.append(np.asarray(out[1]))
     assert_close(np.concatenate(outs), torch_infer_loop(reference, fresh, S, R), what="reset stream")
@@ -213,9 +267,9 @@ def test_one_compiled_step_serves_every_segment(memory_model):
     traces = []
 
     @jax.jit
-    def step(v, x, l, s):
+    def step(v, x, n, s):
         traces.append(1)
-        return model.apply(v, x, l, s, method="infer")
+        return model.apply(v, x, n, s, method="infer")
 
     state = model.init_state(2)
     for _ in range(4):
@@ -225,11 +279,16 @@ def test_one_compiled_step_serves_every_segment(memory_model):
 
 def test_jit_grad_and_dropout(memory_model):
     _, model, variables, forward, *_ = memory_model
-    x, lengths = jnp.asarray(np.random.default_rng(5).standard_normal((2, 14, D)), jnp.float32), jnp.array([12, 7])
+    x, lengths = (
+        jnp.asarray(np.random.default_rng(5).standard_normal((2, 14, D)), jnp.float32),
+        jnp.array([12, 7]),
+    )
     dropout_model = model.clone(dropout=0.3)
 
     def loss(params, rng):
-        out, _ = dropout_model.apply({"params": params}, x, lengths, deterministic=False, rngs={"dropout": rng})
+        out, _ = dropout_model.apply(
+            {"params": params}, x, lengths, deterministic=False, rngs={"dropout": rng}
+        )
         return jnp.mean(out**2)
 
     grad = jax.jit(jax.grad(loss))
@@ -238,18 +297,27 @@ def test_jit_grad_and_dropout(memory_model):
     leaves = jax.tree_util.tree_leaves(g1)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
-    assert any(not np.allclose(a, b) for a, b in zip(leaves, jax.tree_util.tree_leaves(g2))), "dropout has no effect"
+    assert any(not np.allclose(a, b) for a, b in zip(leaves, jax.tree_util.tree_leaves(g2))), (
+        "dropout has no effect"
+    )
     deterministic, _ = dropout_model.apply(variables, x, lengths)
     assert_close(deterministic, forward(variables, x, lengths)[0], what="deterministic=True ignores dropout")
 
 
 def test_bfloat16_compute_stays_close(memory_model):
     _, model, variables, forward, *_ = memory_model
-    x, lengths = jnp.asarray(np.random.default_rng(6).standard_normal((2, 14, D)), jnp.float32), jnp.array([12, 7])
+    x, lengths = (
+        jnp.asarray(np.random.default_rng(6).standard_normal((2, 14, D)), jnp.float32),
+        jnp.array([12, 7]),
+    )
     out16, _ = model.clone(dtype=jnp.bfloat16).apply(variables, x, lengths)
     assert out16.dtype == jnp.bfloat16
-    assert_close(out16[0, :12].astype(jnp.float32), forward(variables, x, lengths)[0][0, :12], tol=0.1,
-                 what="bfloat16 vs float32")
+    assert_close(
+        out16[0, :12].astype(jnp.float32),
+        forward(variables, x, lengths)[0][0, :12],
+        tol=0.1,
+        what="bfloat16 vs float32",
+    )
 
 
 @pytest.mark.parametrize("kind", ["emformer", "conv_emformer"])
@@ -266,7 +334,9 @@ def test_initialisation_statistics_match_torchaudio(torchaudio_ref, kind):
             reference = torchaudio_ref.models.Emformer(**config, weight_init_scale_strategy=strategy)
             model = Emformer(**config, weight_init_scale_strategy=strategy)
         else:
-            reference = torchaudio_ref.prototype.models.ConvEmformer(**config, weight_init_scale_strategy=strategy)
+            reference = torchaudio_ref.prototype.models.ConvEmformer(
+                **config, weight_init_scale_strategy=strategy
+            )
             model = ConvEmformer(**config, weight_init_scale_strategy=strategy)
 
         ours = convert.to_torchaudio(model, model.init(jax.random.key(0), *model.example_inputs()))
@@ -281,7 +351,10 @@ def test_initialisation_statistics_match_torchaudio(torchaudio_ref, kind):
                 # Sampling noise of a std estimate over n values is about 1 / sqrt(2 n).
                 tol = 0.05 + 3 / np.sqrt(2 * theirs.size)
                 assert abs(mine.std() / theirs.std() - 1) < tol, (strategy, name, mine.std(), theirs.std())
-                assert abs(np.abs(mine).max() / np.abs(theirs).max() - 1) < 0.05 + 5 / theirs.size, (strategy, name)
+                assert abs(np.abs(mine).max() / np.abs(theirs).max() - 1) < 0.05 + 5 / theirs.size, (
+                    strategy,
+                    name,
+                )
                 assert abs(mine.mean()) < 4 * theirs.std() / np.sqrt(theirs.size) + 1e-3, (strategy, name)
 
 
@@ -331,20 +404,43 @@ def test_bad_inputs_get_clear_errors(memory_model):
         (lambda: model.apply(variables, x, jnp.array([12])), "lengths: expected shape"),
         (lambda: model.apply(variables, x, jnp.array([[12, 7]])), "lengths: expected shape"),
         (lambda: model.apply(variables, x, jnp.array([12.0, 7.0])), "lengths: expected an integer array"),
-        (lambda: model.apply(variables, x, jnp.array([-1, 7])), r"lengths: expected values in \[0, 12\], got \[-1\]"),
-        (lambda: model.apply(variables, x, jnp.array([13, 7])), r"lengths: expected values in \[0, 12\], got \[13\]"),
+        (
+            lambda: model.apply(variables, x, jnp.array([-1, 7])),
+            r"lengths: expected values in \[0, 12\], got \[-1\]",
+        ),
+        (
+            lambda: model.apply(variables, x, jnp.array([13, 7])),
+            r"lengths: expected values in \[0, 12\], got \[13\]",
+        ),
         (lambda: model.apply(variables, jnp.zeros((2, 2, D)), lengths), "input: expected at least"),
-        (lambda: model.apply(variables, jnp.zeros((2, 7, D)), jnp.array([6, 6]), None, method="infer"),
-         "expected segment_length \\+ right_context_length = 6 frames per step, got 7"),
-        (lambda: model.apply(variables, jnp.zeros((2, 6, D)), jnp.array([7, 6]), None, method="infer"),
-         r"lengths: expected values in \[0, 6\]"),
-        (lambda: model.apply(variables, jnp.zeros((2, 6, D)), jnp.array([6, 6]), model.init_state(3),
-                             method="infer"), "state: memory has shape .* batch 2"),
-        (lambda: model.apply(variables, jnp.zeros((2, 6, D)), jnp.array([6, 6]),
-                             model.clone(left_context_length=5).init_state(2), method="infer"),
-         "another configuration"),
-        (lambda: model.apply(variables, jnp.zeros((2, 6, D)), jnp.array([6, 6]), [1, 2], method="infer"),
-         "state: expected an EmformerState"),
+        (
+            lambda: model.apply(variables, jnp.zeros((2, 7, D)), jnp.array([6, 6]), None, method="infer"),
+            "expected segment_length \\+ right_context_length = 6 frames per step, got 7",
+        ),
+        (
+            lambda: model.apply(variables, jnp.zeros((2, 6, D)), jnp.array([7, 6]), None, method="infer"),
+            r"lengths: expected values in \[0, 6\]",
+        ),
+        (
+            lambda: model.apply(
+                variables, jnp.zeros((2, 6, D)), jnp.array([6, 6]), model.init_state(3), method="infer"
+            ),
+            "state: memory has shape .* batch 2",
+        ),
+        (
+            lambda: model.apply(
+                variables,
+                jnp.zeros((2, 6, D)),
+                jnp.array([6, 6]),
+                model.clone(left_context_length=5).init_state(2),
+                method="infer",
+            ),
+            "another configuration",
+        ),
+        (
+            lambda: model.apply(variables, jnp.zeros((2, 6, D)), jnp.array([6, 6]), [1, 2], method="infer"),
+            "state: expected an EmformerState",
+        ),
     ]
     for call, match in cases:
         with pytest.raises((ValueError, TypeError), match=match):
@@ -359,7 +455,13 @@ def test_lengths_are_checked_under_jit_by_shape(memory_model):
 
 def test_grid_covers_the_issue():
     keys = set(itertools.chain.from_iterable(GRID))
-    assert {"max_memory_size", "tanh_on_mem", "left_context_length", "right_context_length", "activation",
-            "weight_init_scale_strategy"} <= keys
+    assert {
+        "max_memory_size",
+        "tanh_on_mem",
+        "left_context_length",
+        "right_context_length",
+        "activation",
+        "weight_init_scale_strategy",
+    } <= keys
     assert {c.get("activation", "relu") for c in GRID} == {"relu", "gelu", "silu"}
     assert {c.get("weight_init_scale_strategy", "depthwise") for c in GRID} == {"depthwise", "constant", None}

@@ -16,6 +16,7 @@ from streamformer.rnnt import (
     Joiner,
     Predictor,
     PredictorState,
+    conv_emformer_rnnt_model,
     emformer_rnnt_base,
     emformer_rnnt_model,
     joiner_fn,
@@ -390,14 +391,16 @@ def test_base_configuration_and_init(torchaudio_ref):
     assert model.init_predictor_state(3).hidden.shape == (3, 3, 512)
 
 
-def test_init_is_torch_like(pair):
-    model = pair[0]
-    params = jax.jit(model.init)(jax.random.key(0), *model.example_inputs())["params"]
-    embedding = np.asarray(params["predictor"]["embedding"]["embedding"])
-    assert 0.8 < embedding.std() < 1.2  # N(0, 1) as torch.nn.Embedding
-    kernel = np.asarray(params["transcriber"]["output_linear"]["kernel"])  # U(-1/sqrt(16), 1/sqrt(16))
-    assert np.abs(kernel).max() <= 0.25 and np.abs(kernel).max() > 0.2
-    np.testing.assert_array_equal(params["transcriber"]["layer_norm"]["scale"], 1.0)
+def test_init_is_torch_like():
+    """The predictor's and joiner's initialisation (the transcriber's is the Emformer's and _nn.dense's)."""
+    predictor, joiner = Predictor(V, 16, 64, 1, 64, lstm_layer_norm=True), Joiner(16, V)
+    params = jax.jit(predictor.init)(jax.random.key(0), *predictor.example_inputs())["params"]
+    assert 0.9 < np.asarray(params["embedding"]["embedding"]).std() < 1.1  # N(0, 1) as torch.nn.Embedding
+    x2g = np.asarray(params["lstm_layers_0"]["x2g"]["kernel"])  # U(-1/sqrt(64), 1/sqrt(64)), no bias
+    assert 0.12 < np.abs(x2g).max() <= 0.125 and "bias" not in params["lstm_layers_0"]["x2g"]
+    np.testing.assert_array_equal(params["lstm_layers_0"]["g_norm"]["scale"], 1.0)
+    bias = np.asarray(joiner.init(jax.random.key(1), *joiner.example_inputs())["params"]["linear"]["bias"])
+    assert 0.15 < np.abs(bias).max() <= 0.25  # U(-1/sqrt(16), 1/sqrt(16)) as torch.nn.Linear
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -473,3 +476,103 @@ def test_unbound_helpers_need_no_parameters():
     assert predictor_state.cell.shape == (2, 4, 12) and predictor_state.batch_size == 4
     restored = PredictorState.from_torchaudio([[torch.ones(4, 12), torch.zeros(4, 12)]] * 2)
     np.testing.assert_array_equal(restored.to_torchaudio()[1][0], np.ones((4, 12)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The same transducer around a ConvEmformer
+
+CONV_CONFIG = {**CONFIG, "transformer_kernel_size": 3, "transformer_conv_activation": "silu"}
+
+
+@pytest.fixture(scope="module")
+def conv_pair(torchaudio_ref):
+    """Our conv_emformer_rnnt_model; torchaudio's RNNT whose transcriber.transformer is the ConvEmformer."""
+    from convert.cli import _torchaudio_model
+
+    torch.manual_seed(2)
+    reference = _torchaudio_model("conv_emformer_rnnt_model", CONV_CONFIG)
+    model = conv_emformer_rnnt_model(**CONV_CONFIG)
+    variables = from_torchaudio(model, reference.state_dict())
+    return model, variables, reference
+
+
+def test_conv_emformer_rnnt_matches_torchaudio(conv_pair, rng):
+    model, variables, reference = conv_pair
+    assert "conv" in variables["params"]["transcriber"]["transformer"]["emformer_layers_0"]
+    assert model.init_transcriber_state(2).conv_cache.shape == (2, 2, 2, 16)
+    segments, U = 4, 3
+    T = segments * S
+    sources, targets = _sources(rng, 1, T + R), rng.integers(0, V, (1, U))
+    forward = jax.jit(lambda *args: model.apply(variables, *args))
+    logits, *_ = forward(sources, jnp.array([T]), targets, jnp.array([U]))
+    with torch.no_grad():
+        ref_logits = reference(_t(sources), torch.tensor([T]), _t(targets), torch.tensor([U]))[0]
+    _close(logits, ref_logits)
+    # Streaming loop against torchaudio's.
+    step = jax.jit(lambda *args: model.apply(variables, *args, method="transcribe_streaming"))
+    state, theirs_state = model.init_transcriber_state(1), None
+    for i in range(segments):
+        chunk = sources[:, i * S : i * S + S + R]
+        output, _, state = step(chunk, jnp.array([S + R]), state)
+        with torch.no_grad():
+            ref_output, _, theirs_state = reference.transcribe_streaming(
+                _t(chunk), torch.tensor([S + R]), theirs_state
+            )
+        _close(output, ref_output)
+    assert step._cache_size() == 1
+
+
+def test_conv_emformer_rnnt_padded_batch_equals_torchaudio_alone(conv_pair, rng):
+    model, variables, reference = conv_pair
+    lengths = [32, 19]
+    T = max(lengths)
+    sources = _sources(rng, 2, T + R, scale=1e3)
+    for b, n in enumerate(lengths):
+        sources[b, : n + R] = _sources(rng, 1, n + R)[0]
+    encodings, out_lengths = jax.jit(lambda *a: model.apply(variables, *a, method="transcribe"))(
+        sources, jnp.array(lengths)
+    )
+    for b, n in enumerate(lengths):
+        with torch.no_grad():
+            ref_encodings, _ = reference.transcribe(_t(sources[b : b + 1, : n + R]), torch.tensor([n]))
+        assert int(out_lengths[b]) == n // STRIDE
+        _close(encodings[b, : n // STRIDE], ref_encodings[0])
+
+
+def test_joiner_fn_drives_the_memory_efficient_loss(pair, rng):
+    """joiner_fn plugs into rnnt_loss_from_encodings: same loss and gradients as the full joint."""
+    from streamformer.rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
+
+    model, variables, _ = pair
+    source_encodings = jnp.asarray(rng.standard_normal((2, 6, 16)), jnp.float32)
+    target_encodings = jnp.asarray(rng.standard_normal((2, 4, 16)), jnp.float32)
+    targets, source_lengths, target_lengths = (
+        jnp.asarray(rng.integers(1, V, (2, 3))),
+        jnp.array([6, 4]),
+        jnp.array([3, 2]),
+    )
+
+    def chunked(params):
+        join = joiner_fn(model, {"params": params})
+        return rnnt_loss_from_encodings(
+            source_encodings,
+            target_encodings,
+            join,
+            targets,
+            source_lengths,
+            target_lengths,
+            blank=0,
+            chunk_size=4,
+        )
+
+    def full(params):
+        logits = joiner_fn(model, {"params": params})(source_encodings, target_encodings)
+        return rnnt_loss(logits, targets, source_lengths, target_lengths, blank=0)
+
+    (a, grad_a), (b, grad_b) = (
+        jax.value_and_grad(chunked)(variables["params"]),
+        jax.value_and_grad(full)(variables["params"]),
+    )
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), grad_a, grad_b)
+    assert float(jnp.abs(grad_a["joiner"]["linear"]["kernel"]).max()) > 0

@@ -180,6 +180,8 @@ def test_values_float64_brute_force_and_dp():
         log_probs = log_softmax_np(larger[0])
         got = loss64(log_probs, *larger[1:], blank=0, reduction="none", fused_log_softmax=False)
         np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
+    # The context manager is scoped: float64 does not leak out of this test.
+    assert not jax.config.jax_enable_x64 and jnp.zeros(1).dtype == jnp.float32
 
 
 def test_values_equal_dp_float32_larger(loss_fn):
@@ -518,6 +520,24 @@ def test_bad_input_is_rejected_clearly(change, error, match):
     args = dict(logits=logits, targets=targets, logit_lengths=logit_lengths, target_lengths=target_lengths)
     with pytest.raises(error, match=match):
         rnnt_loss(**change(args))
+
+
+def test_from_encodings_bfloat16(encodings_case):
+    params, source, target, targets, logit_lengths, target_lengths = encodings_case
+
+    def chunked(p, s, t):
+        joiner = lambda sc, tc: _join(p, sc, tc)  # noqa: E731
+        return rnnt_loss_from_encodings(s, t, joiner, targets, logit_lengths, target_lengths, blank=2)
+
+    as_bf16 = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), (params, source, target))
+    loss, grads = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1, 2)))(*as_bf16)
+    assert loss.dtype == jnp.float32
+    assert all(
+        g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32)))
+        for g in jax.tree.leaves(grads)
+    )
+    expected = jax.jit(chunked)(*jax.tree.map(lambda x: x.astype(jnp.float32), as_bf16))
+    np.testing.assert_allclose(float(loss), float(expected), rtol=2e-2)
 
 
 def test_from_encodings_bad_input(encodings_case):

@@ -1,6 +1,7 @@
 """The embedded synthetic dataset: determinism, variability (a real transduction task), speed, and the
 LibriSpeech-layout writer."""
 
+import json
 import re
 import time
 
@@ -13,6 +14,7 @@ from train.synth import (
     VOCABULARY,
     SynthConfig,
     SynthDataset,
+    config_dict,
     generate_split,
     synthesize,
     write_librispeech,
@@ -81,6 +83,8 @@ def test_config_and_split_validation():
         SynthConfig(words_per_utterance=(0, 2))
     with pytest.raises(ValueError, match="split"):
         synthesize(CONFIG, "validation", 0)
+    logged = json.loads(json.dumps(config_dict(CONFIG)))
+    assert logged["seed"] == 3 and tuple(logged["vocabulary"]) == VOCABULARY
 
 
 def test_generation_is_fast():

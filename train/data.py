@@ -395,8 +395,8 @@ def batches(
 
     right_pad_frames: frames of pad_value after each row's valid frames and beyond the bucket (the right
         context R of the last segment, in input frames: R * time_reduction_stride for an Emformer RNN-T).
-        Models whose lengths count the right context (torchaudio's Emformer) take
-        feature_lengths + right_pad_frames.
+        streamformer's Emformer takes the features as (B, T + R, D) with lengths = valid frames (after time
+        reduction: feature_lengths // stride); torchaudio's counts the right context in its lengths.
     """
     if right_pad_frames < 0:
         raise ValueError(f"right_pad_frames: expected >= 0, got {right_pad_frames}")

@@ -37,6 +37,7 @@ __all__ = [
     "SynthConfig",
     "SynthDataset",
     "Utterance",
+    "config_dict",
     "generate_split",
     "synthesize",
     "write_librispeech",
@@ -77,11 +78,11 @@ _LETTERS: dict[str, _Letter] = {
     "a": _Letter(((850, 850, 90, 0), (1450, 1450, 110, -1), (2600, 2600, 200, -10)), 1.0),
     "o": _Letter(((560, 560, 70, 0), (880, 880, 80, -1), (2500, 2500, 200, -14)), 1.0),
     "u": _Letter(((300, 300, 60, 0), (700, 700, 80, -3), (2300, 2300, 200, -18)), 1.0),
-    "m": _Letter(((230, 230, 50, 0), (1200, 1200, 300, -24)), 1.0, gain_db=-8.0),
+    "m": _Letter(((230, 230, 50, 0), (1200, 1200, 300, -24)), 1.0, gain_db=-3.0),
     "r": _Letter(((450, 450, 80, 0), (1000, 1900, 120, 0), (1600, 2500, 200, -10)), 1.0, gain_db=-2.0),
     "l": _Letter(((400, 400, 70, 0), (2100, 950, 120, 0), (3000, 3000, 250, -10)), 1.0, gain_db=-2.0),
     "s": _Letter(((6000, 6000, 2200, 0),), 0.0, gain_db=-4.0),
-    "k": _Letter(((2400, 2400, 700, 0), (4000, 4000, 1500, -8)), 0.0, gain_db=2.0, closure=0.45),
+    "k": _Letter(((2400, 2400, 700, 0), (4000, 4000, 1500, -8)), 0.0, gain_db=2.0, closure=0.3),
 }
 ALPHABET = tuple(sorted(_LETTERS))
 
@@ -119,13 +120,13 @@ class SynthConfig:
     letter_ms: tuple[float, float] = (60.0, 160.0)
     speaking_rate: tuple[float, float] = (0.9, 1.15)
     coarticulation_ms: tuple[float, float] = (10.0, 40.0)
-    pause_ms: tuple[float, float] = (50.0, 200.0)
+    pause_ms: tuple[float, float] = (100.0, 250.0)
     edge_ms: tuple[float, float] = (50.0, 250.0)
     f0_hz: tuple[float, float] = (90.0, 260.0)
     formant_scale: tuple[float, float] = (0.93, 1.07)
     tilt_db_per_octave: tuple[float, float] = (-4.0, 0.0)
     snr_db: tuple[float, float] = (12.0, 30.0)
-    noise_colour: tuple[float, float] = (0.0, 1.5)
+    noise_colour: tuple[float, float] = (0.0, 1.0)
     level_dbfs: tuple[float, float] = (-32.0, -16.0)
 
     def __post_init__(self) -> None:
