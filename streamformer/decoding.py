@@ -23,8 +23,8 @@ blank:
    ``score / (len(tokens) + 1)`` where ``tokens`` counts the initial blank (so ``score / (emitted + 2)``).
 
 The predictor is primed with the blank token. The returned tokens exclude that initial blank. Token ids are
-returned raw: turn them into text with a sentencepiece model, e.g. ``streamformer.text``'s ``TokenProcessor``
-(torchaudio's ``_SentencePieceTokenProcessor``).
+returned raw: ``streamformer.text.TokenProcessor`` (torchaudio's ``_SentencePieceTokenProcessor``) turns them
+into text; it drops the first token as torchaudio's does, so give it ``[blank, *hypothesis.tokens]``.
 
 Exactness needs room: the hypotheses A of one frame are kept in a pool of ``beam_width * (expansion_capacity
 + 1)`` rows, and tokens in ``max_tokens`` slots. A search that needs more flags ``overflow``; the offline

@@ -189,6 +189,17 @@ def test_beam_search_matches_torchaudio_forward(pair, sources, torch_search, off
         assert len({tuple(h.tokens) for h in ours[b]}) == len(ours[b])  # identical sequences were merged
 
 
+def test_temperature_and_step_max_tokens_match_torchaudio(pair, sources, torchaudio_ref):
+    model, variables, reference = pair
+    x, lengths = sources
+    ours = beam_search(model, variables, x, lengths, beam_width=3, temperature=2.0, step_max_tokens=1)
+    search = torchaudio_ref.models.RNNTBeamSearch(reference, blank=BLANK, temperature=2.0, step_max_tokens=1)
+    for b, n in enumerate(lengths):
+        with torch.no_grad():
+            theirs = search(torch.from_numpy(x[b, : n + R]), torch.tensor(n), 3)
+        _assert_same_hypotheses(ours[b], theirs)
+
+
 @pytest.mark.parametrize("beam_width", [3, 5])
 def test_streaming_beam_matches_torchaudio_infer(pair, sources, torch_search, beam_decoder, beam_width):
     """torchaudio's infer, one utterance at a time with state and hypotheses carried, against our decoder
