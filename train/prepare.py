@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -69,13 +70,18 @@ def _synthesize(config: synth.SynthConfig, split: str, size: int) -> list:
     if workers == 1:
         return _synthesize_range(config, split, 0, size)
     bounds = np.linspace(0, size, 4 * workers + 1).astype(int)
-    # spawn, not fork: the parent may already run JAX's threads.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
-        parts = pool.map(
-            _synthesize_range, [config] * len(ranges), [split] * len(ranges), *zip(*ranges, strict=True)
-        )
-        return [utterance for part in parts for utterance in part]
+    # spawn, not fork: the parent may already run JAX's threads. A script without an `if __name__ ==
+    # "__main__"` guard cannot spawn workers: then synthesize here.
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
+            parts = pool.map(
+                _synthesize_range, [config] * len(ranges), [split] * len(ranges), *zip(*ranges, strict=True)
+            )
+            return [utterance for part in parts for utterance in part]
+    except BrokenProcessPool:
+        logger.warning("synthesis workers failed to start; synthesizing in this process")
+        return _synthesize_range(config, split, 0, size)
 
 
 def _audio(item) -> np.ndarray:
