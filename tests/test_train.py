@@ -197,12 +197,20 @@ def test_fill_rows_do_not_count(step_setup):
     np.testing.assert_allclose(float(metrics["grad_norm"]), float(metrics_other["grad_norm"]), rtol=1e-5)
 
 
-def test_bfloat16_step_runs(step_setup):
-    config = micro_config("model.dtype=bfloat16", "data.spec_augment=true")
+def test_conv_emformer_bfloat16_step_runs(step_setup):
+    """The ConvEmformer transducer trains too; here in bfloat16 compute with SpecAugment (one compilation)."""
+    config = micro_config(
+        "model.dtype=bfloat16",
+        "data.spec_augment=true",
+        "model.kind=conv_emformer",
+        "model.transformer_kernel_size=3",
+    )
+    from streamformer.rnnt import ConvEmformerTranscriber
     from train.trainer import build_model
 
     _, _, _, batch = step_setup
     model = build_model(config.model, 25)
+    assert isinstance(model.transcriber, ConvEmformerTranscriber)
     optimizer = make_optimizer(config.optim, 100)
     state = init_state(model, optimizer, 0)
     state, metrics = jax.jit(make_train_step(model, optimizer, config, blank=24))(state, batch)
