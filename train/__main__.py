@@ -1,0 +1,446 @@
+"""Command line: ``python -m train {fit,eval,transcribe,stats,main} ...`` (``python -m train CMD -h``).
+
+python -m train fit --workdir runs/tiny --preset tiny --set loop.steps=2000
+python -m train eval --workdir runs/tiny --split test --beam 4 --streaming
+python -m train transcribe --workdir runs/tiny some.flac
+python -m train stats --data /data/LibriSpeech/train-clean-100 --out global_stats.json
+python -m train main          # the README's main job: data, training, test WER, streaming transcription
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("train")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _setup_jax(args) -> None:
+    """Multi-host set-up (before any other JAX call) and the optional persistent compilation cache."""
+    import jax
+
+    if args.coordinator_address or args.num_processes or os.environ.get("STREAMFORMER_DISTRIBUTED"):
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    if args.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", str(args.compilation_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _config_for(args):
+    """The run's config: the workdir's config.json when resuming, else the preset; then --set overrides."""
+    from train.config import apply_overrides, from_dict, preset
+
+    stored = Path(args.workdir) / "config.json"
+    if args.preset is None and stored.exists():
+        config = from_dict(json.loads(stored.read_text()))
+    else:
+        config = preset(args.preset or "tiny")
+    return apply_overrides(config, args.set or [])
+
+
+def _must_match(config, num_symbols: int) -> dict:
+    import dataclasses
+
+    return {"model": dataclasses.asdict(config.model), "num_symbols": num_symbols}
+
+
+class Run:
+    """What fit, eval and transcribe share: the config, data preparation, the model and its variables."""
+
+    def __init__(self, config, workdir: Path):
+        self.config, self.workdir = config, workdir
+        self.tokenizer = self.stats = None
+        self.examples: dict[str, list] = {}
+
+    def prepare(self, split: str) -> list:
+        from train import prepare
+
+        if split not in self.examples:
+            started = time.perf_counter()
+            self.examples[split], self.tokenizer, self.stats = prepare.prepare_split(
+                self.config, self.workdir, split, self.tokenizer, self.stats
+            )
+            _say(
+                f"{split}: {len(self.examples[split])} utterances ready "
+                f"in {time.perf_counter() - started:.1f} s"
+            )
+        return self.examples[split]
+
+    def load_frontend(self) -> None:
+        from train import prepare
+
+        self.tokenizer = prepare.tokenizer_for(self.config, self.workdir, None)
+        self.stats = prepare.global_stats_for(self.config, self.workdir, None)
+
+    @property
+    def num_symbols(self) -> int:
+        from train import prepare
+
+        return prepare.check_fits(self.config, self.tokenizer, self.stats)
+
+    def model(self):
+        from train.trainer import build_model
+
+        return build_model(self.config.model, self.num_symbols)
+
+    def restore_variables(self, step: int | None = None):
+        """The parameters of checkpoint ``step`` (default: the latest) as model variables."""
+        import jax
+
+        from train.checkpoint import Checkpoints, abstract_like
+        from train.trainer import Mesh1D, init_state, make_optimizer
+
+        model = self.model()
+        optimizer = make_optimizer(self.config.optim, self.config.loop.steps)
+        abstract = jax.eval_shape(lambda: init_state(model, optimizer, self.config.loop.seed))
+        checkpoints = Checkpoints(
+            self.workdir / "checkpoints",
+            self.config.loop.keep_checkpoints,
+            _must_match(self.config, self.num_symbols),
+        )
+        try:
+            state = checkpoints.restore(abstract_like(abstract, Mesh1D().replicated), step)
+        finally:
+            checkpoints.close()
+        return model, {"params": state.params}, int(state.step)
+
+
+def _eval_split(
+    run: Run, model, variables, split: str, beam: int, streaming: bool, limit: int | None
+) -> dict:
+    from train.evaluate import evaluate
+    from train.prepare import bucket_frames_for
+
+    examples = run.prepare(split)[: limit or None]
+    started = time.perf_counter()
+    rates, hypotheses = evaluate(
+        model,
+        variables,
+        examples,
+        run.tokenizer,
+        beam_width=beam,
+        streaming=streaming,
+        bucket_frames=bucket_frames_for(run.config, examples),
+    )
+    rates.update(split=split, seconds=round(time.perf_counter() - started, 2))
+    pairs = list(zip(examples, hypotheses, strict=True))[:5]
+    rates["examples"] = [{"id": e.id, "reference": e.text, "hypothesis": h} for e, h in pairs]
+    return rates
+
+
+def _print_rates(rates: dict) -> None:
+    _say(
+        f"{rates['split']} {rates['mode']} {rates['search']}: WER {100 * rates['wer']:.2f}% "
+        f"CER {100 * rates['cer']:.2f}% ({rates['utterances']} utterances, {rates['words']} words, "
+        f"{rates['seconds']:.1f} s)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_fit(args) -> dict:
+    from train import prepare
+    from train.trainer import fit
+
+    config = _config_for(args)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = Run(config, workdir)
+    train_examples = run.prepare("train")
+    prepare.check_finite(train_examples, "train")
+    model = run.model()
+    on_eval = None
+    if config.loop.eval_every:
+
+        def on_eval(state, step):
+            rates = _eval_split(run, model, {"params": state.params}, "dev", 0, False, args.eval_limit)
+            _print_rates(rates)
+            return {k: rates[k] for k in ("wer", "cer", "split", "search", "mode")}
+
+    result = fit(
+        config,
+        workdir,
+        model,
+        train_examples,
+        prepare.bucket_frames_for(config, train_examples),
+        blank=run.tokenizer.blank_id,
+        must_match=_must_match(config, run.num_symbols),
+        on_eval=on_eval,
+        progress=not args.quiet,
+        time_limit=args.time_limit,
+    )
+    summary = {
+        "steps": int(result.state.step),
+        "skipped": result.skipped,
+        "train_seconds": round(result.seconds, 1),
+        "final_loss": result.losses[max(result.losses)] if result.losses else None,
+    }
+    _say(
+        f"trained to step {summary['steps']} in {summary['train_seconds']} s "
+        f"(skipped non-finite steps: {result.skipped})"
+    )
+    if not args.no_eval:
+        rates = _eval_split(run, model, {"params": result.state.params}, "dev", 0, False, args.eval_limit)
+        _print_rates(rates)
+        summary["dev"] = rates
+    return summary
+
+
+def cmd_eval(args) -> dict:
+    from train.trainer import save_json
+
+    run = Run(_config_for(args), Path(args.workdir))
+    run.load_frontend()
+    model, variables, step = run.restore_variables(args.step)
+    results = []
+    for split in args.split:
+        for streaming in [False, True] if args.both else [args.streaming]:
+            rates = _eval_split(run, model, variables, split, args.beam, streaming, args.limit)
+            rates["step"] = step
+            _print_rates(rates)
+            results.append(rates)
+    save_json(Path(args.workdir) / f"eval_step{step}.json", results)
+    print(
+        json.dumps(
+            [{k: r[k] for k in ("split", "mode", "search", "wer", "cer", "utterances")} for r in results]
+        )
+    )
+    return {"results": results}
+
+
+def transcribe_file(run: Run, model, variables, path: str, beam: int = 0, out=None) -> str:
+    """Streams an audio file through the model segment by segment, printing the transcript as it grows."""
+    import numpy as np
+
+    from streamformer.decoding import StreamingDecoder
+    from train.data import load_audio
+    from train.evaluate import stream_segments
+    from train.prepare import log_mel_features, normalize
+
+    out = out or sys.stdout
+    audio = load_audio(path)
+    features = normalize(log_mel_features([audio])[0], run.stats)[None]
+    decoder = StreamingDecoder(
+        model, variables, greedy=beam == 0, beam_width=max(beam, 1), blank=run.tokenizer.blank_id
+    )
+    state = decoder.init(1)
+    S, R = model.segment_length, model.right_context_length
+    text, started = "", time.perf_counter()
+    for i, (chunk, lengths) in enumerate(stream_segments(features, np.array([features.shape[1]]), S, R)):
+        state = decoder.step(state, chunk, lengths)
+        result = decoder.result(state)[0]
+        partial = run.tokenizer.decode(result if beam == 0 else (result[0].tokens if result else []))
+        if partial != text:
+            text = partial
+            print(f"[{(i + 1) * S / 100:5.2f} s] {text}", file=out, flush=True)
+    seconds = time.perf_counter() - started
+    print(f"final: {text}", file=out, flush=True)
+    _say(
+        f"{path}: {audio.size / 16000:.2f} s of audio streamed in {seconds:.2f} s "
+        f"({-(-features.shape[1] // S)} segments of {S} frames + {R} look-ahead)"
+    )
+    return text
+
+
+def cmd_transcribe(args) -> dict:
+    run = Run(_config_for(args), Path(args.workdir))
+    run.load_frontend()
+    model, variables, _ = run.restore_variables(args.step)
+    return {
+        "transcripts": {path: transcribe_file(run, model, variables, path, args.beam) for path in args.files}
+    }
+
+
+def cmd_stats(args) -> dict:
+    """Global feature statistics (torchaudio's global_stats.json format) of a dataset's train split."""
+    from streamformer.features import compute_global_stats
+    from train.config import DataConfig
+    from train.prepare import _audio, load_corpus, log_mel_features
+
+    data = DataConfig(train=args.data, synth_sizes=(args.synth_size, 0, 0))
+    items = load_corpus(data, "train")
+    stats = compute_global_stats(log_mel_features([_audio(item) for item in items]))
+    stats.save(args.out)
+    _say(f"wrote {args.out}: statistics of {len(items)} utterances")
+    return {"utterances": len(items)}
+
+
+def cmd_main(args) -> dict:
+    """The main job: the embedded dataset, a small Emformer RNN-T trained on it, its test WER (offline and
+    streaming), a checkpoint, and one test file transcribed as a stream."""
+    from train import synth
+    from train.trainer import save_json
+
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    workdir = Path(args.workdir)
+    args.preset = args.preset or "tiny"
+    args.no_eval, args.eval_limit = True, None
+    summary = {"workdir": str(workdir)}
+    fit_summary = cmd_fit(args)
+    summary.update(fit_summary)
+
+    run = Run(_config_for(args), workdir)
+    run.load_frontend()
+    model, variables, step = run.restore_variables()
+    results = []
+    for streaming in (False, True):
+        rates = _eval_split(run, model, variables, "test", 0, streaming, None)
+        _print_rates(rates)
+        results.append(rates)
+    summary["test"] = results
+
+    # One test utterance written as a file, then streamed through the checkpoint.
+    test_config = run.config.data
+    utterance = synth.synthesize(synth.SynthConfig(seed=test_config.synth_seed), "test", 0)
+    audio_dir = workdir / "audio"
+    if not audio_dir.exists():
+        synth.write_librispeech([utterance], audio_dir)
+    audio_path = next(audio_dir.rglob(f"{utterance.id}.flac"))
+    _say(f"streaming {audio_path} (reference: {utterance.text!r})")
+    summary["transcribe"] = {
+        "file": str(audio_path),
+        "reference": utterance.text,
+        "hypothesis": transcribe_file(run, model, variables, str(audio_path)),
+    }
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    summary["cpu_seconds"] = round(_cpu_seconds() - cpu_started, 1)
+    save_json(workdir / "results.json", summary)
+    offline = results[0]
+    _say(
+        f"main job done in {summary['wall_seconds']} s wall ({summary['cpu_seconds']} s CPU): test WER "
+        f"{100 * offline['wer']:.2f}% offline, {100 * results[1]['wer']:.2f}% streaming; "
+        f"checkpoint step {step} "
+        f"in {workdir / 'checkpoints'}; results in {workdir / 'results.json'}"
+    )
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train", description="Train and evaluate Emformer RNN-T models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, workdir_default=None):
+        p.add_argument(
+            "--workdir",
+            default=workdir_default,
+            required=workdir_default is None,
+            help="run folder: config.json, tokenizer.model, global_stats.json, checkpoints/, metrics",
+        )
+        p.add_argument(
+            "--preset",
+            default=None,
+            help="tiny, conv_tiny or base (default: the workdir's config, else tiny)",
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="SECTION.KEY=VALUE",
+            help="override a config field, e.g. --set model.transformer_num_layers=2 (repeatable)",
+        )
+        p.add_argument(
+            "--compilation-cache",
+            default=os.environ.get("STREAMFORMER_COMPILATION_CACHE"),
+            help="folder for JAX's persistent compilation cache",
+        )
+        p.add_argument("--coordinator-address", default=None, help="multi-host: jax.distributed coordinator")
+        p.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
+        p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's id")
+
+    fit = commands.add_parser("fit", help="train (resumes from the workdir's latest checkpoint)")
+    common(fit)
+    fit.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="stop (with a checkpoint) after this many seconds of training",
+    )
+    fit.add_argument("--no-eval", action="store_true", help="skip the dev evaluation at the end")
+    fit.add_argument(
+        "--eval-limit", type=int, default=None, help="evaluate on the first N dev utterances only"
+    )
+    fit.add_argument("--quiet", action="store_true", help="no progress line")
+
+    evaluate = commands.add_parser("eval", help="WER and CER of a checkpoint")
+    common(evaluate)
+    evaluate.add_argument("--split", nargs="+", default=["test"], choices=["train", "dev", "test"])
+    evaluate.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
+    evaluate.add_argument("--streaming", action="store_true", help="decode segment by segment")
+    evaluate.add_argument("--both", action="store_true", help="offline and streaming")
+    evaluate.add_argument("--limit", type=int, default=None, help="first N utterances only")
+    evaluate.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+    transcribe = commands.add_parser("transcribe", help="stream audio files through a checkpoint")
+    common(transcribe)
+    transcribe.add_argument("files", nargs="+", help="wav or flac files (16 kHz; others are resampled)")
+    transcribe.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
+    transcribe.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+    stats = commands.add_parser("stats", help="global feature statistics of a dataset")
+    stats.add_argument(
+        "--data", default="synth", help="'synth', a LibriSpeech folder or a JSON-lines manifest"
+    )
+    stats.add_argument("--synth-size", type=int, default=1000, help="utterances when --data synth")
+    stats.add_argument("--out", required=True, help="JSON file to write")
+
+    job = commands.add_parser(
+        "main",
+        help="the main job: train the tiny model on the embedded data, test WER, "
+        "checkpoint, streaming transcription",
+    )
+    common(job, workdir_default="runs/main")
+    job.add_argument("--time-limit", type=float, default=480.0, help="training time budget in seconds")
+    job.add_argument("--quiet", action="store_true", help="no progress line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command != "stats":
+        _setup_jax(args)
+    command = {
+        "fit": cmd_fit,
+        "eval": cmd_eval,
+        "transcribe": cmd_transcribe,
+        "stats": cmd_stats,
+        "main": cmd_main,
+    }[args.command]
+    try:
+        command(args)
+    except (ValueError, FileNotFoundError) as error:
+        _say(f"error: {error}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Run configuration: frozen dataclasses, presets, ``--set key=value`` overrides, JSON round trip.
+
+A run is described by one ``Config`` (model, optimizer, data, loop). Presets are plain Python below; the
+command line picks one and overrides fields: ``--set model.transformer_num_layers=2 --set optim.lr=1e-3``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "LoopConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PRESETS",
+    "apply_overrides",
+    "from_dict",
+    "preset",
+    "to_dict",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The transducer: torchaudio's ``emformer_rnnt_model`` keywords, plus the encoder kind and the dtype.
+
+    kind: "emformer" or "conv_emformer" (ConvEmformer transcriber; uses transformer_kernel_size).
+    num_symbols: output vocabulary V including blank; 0 means the tokenizer's vocabulary size + 1.
+    dtype: computation dtype, "float32" or "bfloat16" (parameters and the loss stay float32).
+    """
+
+    kind: str = "emformer"
+    input_dim: int = 80
+    encoding_dim: int = 1024
+    num_symbols: int = 0
+    segment_length: int = 16
+    right_context_length: int = 4
+    time_reduction_input_dim: int = 128
+    time_reduction_stride: int = 4
+    transformer_num_heads: int = 8
+    transformer_ffn_dim: int = 2048
+    transformer_num_layers: int = 20
+    transformer_dropout: float = 0.1
+    transformer_activation: str = "gelu"
+    transformer_left_context_length: int = 30
+    transformer_max_memory_size: int = 0
+    transformer_weight_init_scale_strategy: str | None = "depthwise"
+    transformer_tanh_on_mem: bool = True
+    transformer_kernel_size: int = 8
+    symbol_embedding_dim: int = 512
+    num_lstm_layers: int = 3
+    lstm_layer_norm: bool = True
+    lstm_layer_norm_epsilon: float = 1e-3
+    lstm_dropout: float = 0.3
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with linear warm-up, then constant ("constant"), cosine ("cosine") or exponential ("exponential")
+    decay to ``final_lr_ratio`` * lr at the last step; gradients clipped by global norm.
+
+    torchaudio's LibriSpeech recipe: Adam(5e-4, betas (0.9, 0.999), eps 1e-8), 10k warm-up steps then
+    constant, gradient clipping at 10, RNN-T loss summed over the batch with clamp 1.0.
+    """
+
+    lr: float = 5e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 10000
+    decay: str = "constant"
+    final_lr_ratio: float = 0.05
+    clip_norm: float = 10.0
+    loss_reduction: str = "sum"
+    loss_clamp: float = 1.0
+    loss_chunk_frames: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where utterances come from and how they become batches.
+
+    train, dev, test: "synth" (the embedded synthesized dataset) or a path: a LibriSpeech-layout folder or a
+        JSON-lines manifest ({"audio": path, "text": ...} per line).
+    synth_sizes: utterances in the synthesized train, dev and test splits; synth_seed: its seed.
+    vocab_size: sentencepiece BPE pieces (the tokenizer is trained on the train transcripts unless
+        tokenizer is a path to a .model file).
+    global_stats: path of a global_stats.json; empty: computed from the train features.
+    batch_size: utterances per step (global, over all devices); num_buckets: static batch shapes by length.
+    spec_augment: apply torchaudio's recipe masks (frequency masks, time masks) to training batches.
+    """
+
+    train: str = "synth"
+    dev: str = "synth"
+    test: str = "synth"
+    synth_sizes: tuple[int, int, int] = (3000, 200, 200)
+    synth_seed: int = 0
+    vocab_size: int = 64
+    tokenizer: str = ""
+    global_stats: str = ""
+    batch_size: int = 32
+    num_buckets: int = 3
+    spec_augment: bool = True
+    freq_masks: int = 2
+    freq_mask_param: int = 27
+    time_masks: int = 2
+    time_mask_param: int = 100
+    time_mask_ratio: float = 0.2
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The training loop.
+
+    steps: optimizer steps in total (skipped non-finite steps count). seed: of params, dropout, data order.
+    log_every / eval_every / checkpoint_every: in steps (0: never, except a checkpoint at the end).
+    keep_checkpoints: the last N checkpoints are kept. max_nonfinite_in_a_row: stop after that many skipped
+    steps in a row.
+    """
+
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    max_nonfinite_in_a_row: int = 20
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+def _tiny() -> Config:
+    """A small Emformer RNN-T (0.6 M parameters) that learns the synthesized dataset on 2 CPU cores.
+
+    Tuned for the main job (benchmarks/training.md): 8000 training utterances and dropout 0.1 (3000 without
+    dropout overfit), no SpecAugment, segments of 320 ms with 160 ms look-ahead (segment 32 and right context 16
+    frames; 160 + 80 ms gave 10.3 % test WER instead of 2.9 %), Adam 3e-3 with cosine decay, 2000 steps.
+    """
+    return Config(
+        model=ModelConfig(
+            encoding_dim=128,
+            segment_length=32,
+            right_context_length=16,
+            time_reduction_input_dim=32,
+            time_reduction_stride=4,
+            transformer_num_heads=4,
+            transformer_ffn_dim=256,
+            transformer_num_layers=3,
+            transformer_dropout=0.1,
+            transformer_left_context_length=30,
+            symbol_embedding_dim=128,
+            num_lstm_layers=1,
+            lstm_dropout=0.1,
+        ),
+        optim=OptimConfig(lr=3e-3, warmup_steps=100, decay="cosine", loss_reduction="mean"),
+        data=DataConfig(synth_sizes=(8000, 200, 200), vocab_size=48, batch_size=32, spec_augment=False),
+        loop=LoopConfig(steps=2000, log_every=10, checkpoint_every=500, eval_every=0),
+    )
+
+
+def _base() -> Config:
+    """torchaudio's emformer_rnnt_base and its LibriSpeech recipe (4096 BPE pieces, Adam 5e-4, warm-up)."""
+    return Config(
+        data=DataConfig(vocab_size=4096, batch_size=64, num_buckets=8),
+        loop=LoopConfig(steps=200_000, checkpoint_every=2000, eval_every=10_000, log_every=50),
+    )
+
+
+def _conv_tiny() -> Config:
+    tiny = _tiny()
+    return dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, kind="conv_emformer"))
+
+
+PRESETS = {"tiny": _tiny, "conv_tiny": _conv_tiny, "base": _base}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    return PRESETS[name]()
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _convert(value, annotation, where: str):
+    """Converts a JSON value (or a --set string) to the field's annotated type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = json.loads(value if value.startswith("[") else f"[{value}]")
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} comma-separated values, got {value!r}")
+        return tuple(_convert(v, a, where) for v, a in zip(value, args, strict=True))
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return value.lower() in ("true", "1")
+            return bool(value)
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value)
+    except ValueError:
+        raise ValueError(f"{where}: expected a {annotation.__name__}, got {value!r}") from None
+    raise TypeError(f"{where}: unsupported field type {annotation}")
+
+
+def _replace(obj, updates: dict, where: str):
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in updates.items():
+        if key not in names:
+            raise ValueError(f"{where}: unknown key {key!r}; expected one of {sorted(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.{key}: expected a mapping, got {value!r}")
+            changes[key] = _replace(current, value, f"{where}.{key}")
+        else:
+            changes[key] = _convert(value, hints[key], f"{where}.{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def from_dict(blob: dict, base: Config | None = None) -> Config:
+    """A Config from a (possibly partial) dict such as ``to_dict``'s; missing keys keep ``base``'s values."""
+    return _replace(base or Config(), blob, "config")
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Applies "section.key=value" strings, e.g. "model.transformer_num_layers=2", "optim.lr=1e-3"."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ValueError(
+                f"--set: expected 'section.key=value' (sections model, optim, data, loop), got {item!r}"
+            )
+        config = _replace(config, {parts[0]: {parts[1]: value.strip()}}, "--set")
+    return config

@@ -1,0 +1,140 @@
+"""Word and character error rates of a model on examples: greedy or beam search, offline or streaming.
+
+Offline decoding runs the whole utterance through ``RNNT.transcribe``; streaming feeds it segment by segment
+(S frames plus R look-ahead frames) through ``StreamingDecoder``, as a live stream would arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from streamformer.decoding import StreamingDecoder, beam_search, greedy_search
+from streamformer.rnnt import RNNT
+from streamformer.text import Tokenizer
+from train import data as data_lib
+
+__all__ = ["edit_distance", "error_rates", "decode", "evaluate", "stream_segments"]
+
+
+def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
+    """Levenshtein distance (substitutions, deletions, insertions all cost 1)."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref in enumerate(reference, start=1):
+        current = [i] + [0] * len(hypothesis)
+        for j, hyp in enumerate(hypothesis, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref != hyp))
+        previous = current
+    return previous[-1]
+
+
+def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
+    """Corpus WER and CER: total edits over total reference words (characters, spaces included)."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"hypotheses: expected {len(references)}, one per reference, got {len(hypotheses)}")
+    pairs = list(zip(references, hypotheses, strict=True))
+    word_errors = sum(edit_distance(r.split(), h.split()) for r, h in pairs)
+    char_errors = sum(edit_distance(" ".join(r.split()), " ".join(h.split())) for r, h in pairs)
+    words = sum(len(r.split()) for r in references)
+    chars = sum(len(" ".join(r.split())) for r in references)
+    return {
+        "wer": word_errors / max(words, 1),
+        "cer": char_errors / max(chars, 1),
+        "words": words,
+        "chars": chars,
+        "word_errors": word_errors,
+        "char_errors": char_errors,
+        "utterances": len(references),
+    }
+
+
+def stream_segments(
+    features: np.ndarray, lengths: np.ndarray, segment_length: int, right_context_length: int
+):
+    """Yields (chunk (B, S + R, F), chunk_lengths (B,)) as streams deliver them: chunk i holds frames
+    [i S, i S + S + R); its length counts the valid frames and the R look-ahead frames after them, 0 once a
+    stream has nothing new (StreamingDecoder.step's convention)."""
+    S, R = segment_length, right_context_length
+    B, _, F = features.shape
+    num_chunks = int(-(-int(lengths.max()) // S))
+    width = num_chunks * S + R
+    padded = np.zeros((B, max(width, features.shape[1]), F), features.dtype)
+    padded[:, : features.shape[1]] = features
+    for i in range(num_chunks):
+        remaining = lengths - i * S
+        chunk_lengths = np.where(remaining > 0, np.minimum(remaining + R, S + R), 0).astype(np.int32)
+        yield padded[:, i * S : i * S + S + R], chunk_lengths
+
+
+def decode(
+    model: RNNT,
+    variables,
+    examples: Sequence[data_lib.Example],
+    tokenizer: Tokenizer,
+    *,
+    batch_size: int = 32,
+    beam_width: int = 0,
+    streaming: bool = False,
+    bucket_frames: Sequence[int] | None = None,
+) -> list[str]:
+    """Transcripts of ``examples`` (in order), greedy (beam_width 0) or beam search, offline or streaming."""
+    S, R = model.segment_length, model.right_context_length
+    longest = max(e.features.shape[0] for e in examples)
+    buckets = list(bucket_frames or [])
+    if not buckets or buckets[-1] < longest:
+        buckets.append(-(-longest // S) * S)
+    blank = tokenizer.blank_id
+    texts: dict[str, str] = {}
+    for batch in data_lib.batches(
+        examples, batch_size, buckets, shuffle=False, drop_last=False, right_pad_frames=R
+    ):
+        if streaming:
+            decoder = StreamingDecoder(
+                model, variables, greedy=beam_width == 0, beam_width=max(beam_width, 1), blank=blank
+            )
+            state = decoder.init(batch_size)
+            for chunk, chunk_lengths in stream_segments(batch.features, batch.feature_lengths, S, R):
+                state = decoder.step(state, chunk, chunk_lengths)
+            results = decoder.result(state)
+            tokens = results if beam_width == 0 else [hyps[0].tokens for hyps in results]
+        elif beam_width == 0:
+            tokens = greedy_search(model, variables, batch.features, batch.feature_lengths, blank=blank)
+        else:
+            hypotheses = beam_search(
+                model, variables, batch.features, batch.feature_lengths, beam_width=beam_width, blank=blank
+            )
+            tokens = [hyps[0].tokens for hyps in hypotheses]
+        for utterance_id, valid, ids in zip(batch.ids, batch.valid, tokens, strict=True):
+            if valid:
+                texts[utterance_id] = tokenizer.decode(ids)
+    return [texts[e.id] for e in examples]
+
+
+def evaluate(
+    model: RNNT,
+    variables,
+    examples: Sequence[data_lib.Example],
+    tokenizer: Tokenizer,
+    *,
+    batch_size: int = 32,
+    beam_width: int = 0,
+    streaming: bool = False,
+    bucket_frames: Sequence[int] | None = None,
+) -> tuple[dict, list[str]]:
+    """(error rates (see ``error_rates``), hypotheses) of decoding ``examples``."""
+    hypotheses = decode(
+        model,
+        variables,
+        examples,
+        tokenizer,
+        batch_size=batch_size,
+        beam_width=beam_width,
+        streaming=streaming,
+        bucket_frames=bucket_frames,
+    )
+    rates = error_rates([e.text for e in examples], hypotheses)
+    rates.update(
+        search=f"beam{beam_width}" if beam_width else "greedy", mode="streaming" if streaming else "offline"
+    )
+    return rates, hypotheses

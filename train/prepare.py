@@ -1,0 +1,207 @@
+"""From a DataConfig to examples: corpora, tokenizer, global feature statistics, features.
+
+A run's workdir keeps what the model depends on besides its weights: tokenizer.model and global_stats.json,
+made from the training split on the first run and reused afterwards (and by eval and transcribe).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+
+from streamformer.features import GlobalStats, compute_global_stats, frame_lengths, log_mel_spectrogram
+from streamformer.text import Tokenizer, train_bpe
+from train import data as data_lib
+from train import synth
+from train.config import Config, DataConfig
+
+__all__ = [
+    "load_corpus",
+    "log_mel_features",
+    "tokenizer_for",
+    "global_stats_for",
+    "make_examples",
+    "normalize",
+    "bucket_frames_for",
+    "normalize_text",
+]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+
+
+def normalize_text(text: str) -> str:
+    """Transcripts are lowercased, as torchaudio's LibriSpeech recipe does."""
+    return " ".join(text.lower().split())
+
+
+def load_corpus(data: DataConfig, split: str) -> list:
+    """The utterances of ``split``: synth.Utterance (in memory) for "synth", else data.AudioEntry."""
+    spec = getattr(data, split)
+    if spec == "synth":
+        return _synthesize(
+            synth.SynthConfig(seed=data.synth_seed), split, data.synth_sizes[SPLITS.index(split)]
+        )
+    path = Path(spec)
+    if path.is_dir():
+        return data_lib.list_librispeech(path)
+    if path.is_file():
+        return data_lib.read_manifest(path)
+    raise FileNotFoundError(
+        f"data.{split}: expected 'synth', a LibriSpeech folder or a JSON-lines manifest, "
+        f"got {spec!r} (no such file or folder)"
+    )
+
+
+def _synthesize_range(config: synth.SynthConfig, split: str, begin: int, end: int) -> list:
+    return [synth.synthesize(config, split, i) for i in range(begin, end)]
+
+
+def _synthesize(config: synth.SynthConfig, split: str, size: int) -> list:
+    """synth.generate_split on every core (the numpy synthesis is single-threaded); the same result."""
+    workers = min(os.cpu_count() or 1, max(size // 200, 1))
+    if workers == 1:
+        return _synthesize_range(config, split, 0, size)
+    bounds = np.linspace(0, size, 4 * workers + 1).astype(int)
+    # spawn, not fork: the parent may already run JAX's threads. A script without an `if __name__ ==
+    # "__main__"` guard cannot spawn workers: then synthesize here.
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
+            parts = pool.map(
+                _synthesize_range, [config] * len(ranges), [split] * len(ranges), *zip(*ranges, strict=True)
+            )
+            return [utterance for part in parts for utterance in part]
+    except BrokenProcessPool:
+        logger.warning("synthesis workers failed to start; synthesizing in this process")
+        return _synthesize_range(config, split, 0, size)
+
+
+def _audio(item) -> np.ndarray:
+    return item.audio if isinstance(item, synth.Utterance) else data_lib.load_audio(item.path)
+
+
+def log_mel_features(
+    audios: list[np.ndarray], batch_size: int = 64, pad_multiple: int = 8000
+) -> list[np.ndarray]:
+    """Unnormalized log-mel features (T, 80) of each waveform, in padded batches (few compiled shapes)."""
+    order = np.argsort([a.size for a in audios])
+    out: list[np.ndarray | None] = [None] * len(audios)
+    for begin in range(0, len(order), batch_size):
+        rows = order[begin : begin + batch_size]
+        width = -(-max(audios[i].size for i in rows) // pad_multiple) * pad_multiple
+        waves = np.zeros((batch_size, width), np.float32)
+        lengths = np.full(batch_size, width, np.int32)
+        for r, i in enumerate(rows):
+            waves[r, : audios[i].size] = audios[i]
+            lengths[r] = audios[i].size
+        features = np.asarray(log_mel_spectrogram(waves, lengths))
+        frames = np.asarray(frame_lengths(lengths))
+        for r, i in enumerate(rows):
+            out[i] = features[r, : frames[r]]
+    return out  # type: ignore[return-value]
+
+
+def tokenizer_for(config: Config, workdir: Path, train_texts: list[str] | None) -> Tokenizer:
+    """data.tokenizer if set, else <workdir>/tokenizer.model, trained on ``train_texts`` when absent."""
+    if config.data.tokenizer:
+        return Tokenizer(config.data.tokenizer)
+    path = workdir / "tokenizer.model"
+    if not path.exists():
+        if train_texts is None:
+            raise FileNotFoundError(f"tokenizer: {path} does not exist (train first, or set data.tokenizer)")
+        train_bpe(train_texts, path, config.data.vocab_size)
+    return Tokenizer(path)
+
+
+def global_stats_for(config: Config, workdir: Path, train_features: list | None) -> GlobalStats:
+    """data.global_stats if set, else <workdir>/global_stats.json, computed from ``train_features``."""
+    if config.data.global_stats:
+        return GlobalStats.load(config.data.global_stats)
+    path = workdir / "global_stats.json"
+    if not path.exists():
+        if train_features is None:
+            raise FileNotFoundError(
+                f"global stats: {path} does not exist (train first, or set data.global_stats)"
+            )
+        compute_global_stats(train_features).save(path)
+    return GlobalStats.load(path)
+
+
+def normalize(features: np.ndarray, stats: GlobalStats) -> np.ndarray:
+    return ((features - np.asarray(stats.mean)) * np.asarray(stats.invstddev)).astype(np.float32)
+
+
+def make_examples(
+    items: list, features: list[np.ndarray], stats: GlobalStats, tokenizer: Tokenizer
+) -> list[data_lib.Example]:
+    examples = []
+    for item, feats in zip(items, features, strict=True):
+        text = normalize_text(item.text)
+        examples.append(
+            data_lib.Example(
+                id=item.id,
+                text=text,
+                features=normalize(feats, stats),
+                targets=np.asarray(tokenizer.encode(text), np.int32),
+            )
+        )
+    return examples
+
+
+def prepare_split(
+    config: Config,
+    workdir: Path,
+    split: str,
+    tokenizer: Tokenizer | None = None,
+    stats: GlobalStats | None = None,
+) -> tuple[list[data_lib.Example], Tokenizer, GlobalStats]:
+    """Examples of ``split``; for "train" the tokenizer and stats are made when the workdir has none."""
+    items = load_corpus(config.data, split)
+    if not items:
+        raise ValueError(f"data.{split}: no utterances in {getattr(config.data, split)!r}")
+    features = log_mel_features([_audio(item) for item in items])
+    texts = [normalize_text(item.text) for item in items]
+    tokenizer = tokenizer or tokenizer_for(config, workdir, texts if split == "train" else None)
+    stats = stats or global_stats_for(config, workdir, features if split == "train" else None)
+    return make_examples(items, features, stats, tokenizer), tokenizer, stats
+
+
+def check_fits(config: Config, tokenizer: Tokenizer, stats: GlobalStats) -> int:
+    """Raises a clear ValueError when the model cannot take this data; returns num_symbols."""
+    model = config.model
+    num_symbols = model.num_symbols or tokenizer.num_symbols
+    if num_symbols < tokenizer.num_symbols:
+        raise ValueError(
+            f"model.num_symbols: expected at least the tokenizer's vocabulary + 1 (blank) = "
+            f"{tokenizer.num_symbols}, got {num_symbols}"
+        )
+    if stats.num_features != model.input_dim:
+        raise ValueError(
+            f"model.input_dim: expected the features' dimension {stats.num_features}, got {model.input_dim}"
+        )
+    return num_symbols
+
+
+def bucket_frames_for(config: Config, examples: list[data_lib.Example]) -> list[int]:
+    """Bucket sizes as whole numbers of segments, so each bucket is one compiled shape of whole segments."""
+    lengths = [e.features.shape[0] for e in examples]
+    return data_lib.make_buckets(lengths, config.data.num_buckets, config.model.segment_length)
+
+
+def check_finite(examples: list[data_lib.Example], split: str) -> None:
+    bad = [e.id for e in examples if not np.isfinite(e.features).all()]
+    if bad:
+        logger.warning(
+            "%s: %d utterance(s) have NaN/Inf features (their steps will be skipped): %s",
+            split,
+            len(bad),
+            bad[:5],
+        )

@@ -1,0 +1,576 @@
+"""The training loop: one pure, jitted train step over a TrainState, data parallel over all devices, with
+checkpoints, a JSON-lines metrics log and a progress line.
+
+Read top to bottom: the model and optimizer from the config, the state, the step, the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from streamformer.rnnt import RNNT, conv_emformer_rnnt_model, emformer_rnnt_model
+from streamformer.rnnt_loss import rnnt_loss_from_encodings
+from train import data as data_lib
+from train.checkpoint import Checkpoints, abstract_like, atomic_write_text
+from train.config import Config, ModelConfig, OptimConfig, to_dict
+
+__all__ = [
+    "TrainState",
+    "build_model",
+    "make_optimizer",
+    "init_state",
+    "make_train_step",
+    "Mesh1D",
+    "fit",
+    "MetricsLog",
+    "NonFiniteError",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model and optimizer
+
+
+def build_model(config: ModelConfig, num_symbols: int) -> RNNT:
+    """The transducer of ``config`` with ``num_symbols`` outputs (blank included)."""
+    kwargs = {
+        k: v
+        for k, v in vars(config).items()
+        if k not in ("kind", "dtype", "num_symbols", "transformer_kernel_size")
+    }
+    dtype = {"float32": None, "bfloat16": jnp.bfloat16}.get(config.dtype, "bad")
+    if dtype == "bad":
+        raise ValueError(f"model.dtype: expected 'float32' or 'bfloat16', got {config.dtype!r}")
+    if config.kind == "emformer":
+        return emformer_rnnt_model(num_symbols=num_symbols, dtype=dtype, **kwargs)
+    if config.kind == "conv_emformer":
+        return conv_emformer_rnnt_model(
+            num_symbols=num_symbols,
+            dtype=dtype,
+            transformer_kernel_size=config.transformer_kernel_size,
+            **kwargs,
+        )
+    raise ValueError(f"model.kind: expected 'emformer' or 'conv_emformer', got {config.kind!r}")
+
+
+def learning_rate_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
+    """torchaudio's WarmupLR (lr * min(1, (count + 1) / warmup_steps): the first update already moves), then
+    constant, cosine or exponential decay from warmup_steps to total_steps, ending at lr * final_lr_ratio."""
+    if config.decay not in ("constant", "cosine", "exponential"):
+        raise ValueError(f"optim.decay: expected 'constant', 'cosine' or 'exponential', got {config.decay!r}")
+    warmup = max(config.warmup_steps, 1)
+    decay_steps = max(total_steps - warmup, 1)
+    ratio = config.final_lr_ratio
+
+    def schedule(count):
+        warm = jnp.minimum(1.0, (count + 1) / warmup)
+        progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
+        if config.decay == "cosine":
+            factor = ratio + (1 - ratio) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+        elif config.decay == "exponential":
+            factor = ratio**progress
+        else:
+            factor = 1.0
+        return config.lr * warm * factor
+
+    return schedule
+
+
+def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """Gradient clipping by global norm, then Adam (AdamW when weight_decay > 0) on the schedule."""
+    schedule = learning_rate_schedule(config, total_steps)
+    adam = (
+        optax.adamw(schedule, config.b1, config.b2, config.eps, weight_decay=config.weight_decay)
+        if config.weight_decay
+        else optax.adam(schedule, config.b1, config.b2, config.eps)
+    )
+    clip = optax.clip_by_global_norm(config.clip_norm) if config.clip_norm > 0 else optax.identity()
+    return optax.chain(clip, adam)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# State and step
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes; a checkpoint is exactly this.
+
+    step: () int32, steps taken (skipped non-finite steps included): the next batch is a function of it.
+    params: the model parameters.
+    opt_state: the optimizer state.
+    rng: (2,) uint32 raw key; step s uses fold_in(rng, s) for dropout and SpecAugment.
+    skipped: () int32, steps skipped because the loss or gradients were NaN/Inf, in total.
+    nonfinite_in_a_row: () int32, skipped steps since the last finite one.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    skipped: jax.Array
+    nonfinite_in_a_row: jax.Array
+
+
+def init_state(model: RNNT, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+    init_key, train_key = jax.random.split(jax.random.key(seed))
+    params = model.init(init_key, *model.example_inputs())["params"]
+
+    def zero():  # separate buffers: the step donates its state
+        return jnp.zeros((), jnp.int32)
+
+    return TrainState(
+        step=zero(),
+        params=params,
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(train_key),
+        skipped=zero(),
+        nonfinite_in_a_row=zero(),
+    )
+
+
+def _transcriber(module: RNNT, sources, source_lengths, deterministic):
+    return module.transcriber(sources, source_lengths, deterministic)
+
+
+def _predictor(module: RNNT, targets, target_lengths, deterministic):
+    return module.predictor(targets, target_lengths, None, deterministic)
+
+
+def make_loss_fn(model: RNNT, config: Config, blank: int) -> Callable:
+    """``loss_fn(params, batch, rng, deterministic) -> (objective, (loss_sum, count))``; the objective is the
+    RNN-T loss summed ("sum") or averaged ("mean") over the batch's valid rows."""
+    optim, data = config.optim, config.data
+
+    def loss_fn(params, batch, rng, deterministic: bool):
+        augment_key, dropout_key = jax.random.split(rng)
+        features, lengths = batch["features"], batch["feature_lengths"]
+        if data.spec_augment and not deterministic:
+            features = data_lib.spec_augment(
+                augment_key,
+                features,
+                lengths,
+                num_freq_masks=data.freq_masks,
+                freq_mask_width=data.freq_mask_param,
+                num_time_masks=data.time_masks,
+                time_mask_width=data.time_mask_param,
+                max_time_mask_fraction=data.time_mask_ratio,
+            )
+        variables, rngs = {"params": params}, {"dropout": dropout_key}
+        sources, source_lengths = model.apply(
+            variables, features, lengths, deterministic, method=_transcriber, rngs=rngs
+        )
+        targets, target_lengths = batch["targets"], batch["target_lengths"]
+        prefixed = jnp.concatenate([jnp.full_like(targets[:, :1], blank), targets], axis=1)
+        target_encodings, _, _ = model.apply(
+            variables, prefixed, target_lengths + 1, deterministic, method=_predictor, rngs=rngs
+        )
+
+        def joiner(source_chunk, target_encodings):
+            return model.apply(variables, source_chunk, target_encodings, method=RNNT.joint_logits)
+
+        losses = rnnt_loss_from_encodings(
+            sources,
+            target_encodings,
+            joiner,
+            targets,
+            jnp.maximum(source_lengths, 1),
+            target_lengths,
+            blank=blank,
+            clamp=optim.loss_clamp,
+            reduction="none",
+            chunk_size=optim.loss_chunk_frames or sources.shape[1],
+        )
+        weights = batch["valid"].astype(jnp.float32)
+        loss_sum, count = jnp.sum(losses * weights), jnp.sum(weights)
+        objective = loss_sum if optim.loss_reduction == "sum" else loss_sum / jnp.maximum(count, 1.0)
+        return objective, (loss_sum, count)
+
+    return loss_fn
+
+
+def make_train_step(
+    model: RNNT, optimizer: optax.GradientTransformation, config: Config, blank: int
+) -> Callable:
+    """``train_step(state, batch) -> (state, metrics)``, pure; jit it (``Mesh1D.jit_train_step``).
+
+    A step whose features, loss or gradients hold NaN or Inf leaves params and opt_state unchanged and is
+    counted (state.skipped, state.nonfinite_in_a_row); the step counter advances either way.
+    """
+    if config.optim.loss_reduction not in ("sum", "mean"):
+        raise ValueError(
+            f"optim.loss_reduction: expected 'sum' or 'mean', got {config.optim.loss_reduction!r}"
+        )
+    loss_fn = make_loss_fn(model, config, blank)
+    schedule = learning_rate_schedule(config.optim, config.loop.steps)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, (loss_sum, count)), grads = grad_fn(state.params, batch, rng, False)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(batch["features"]))
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        state = TrainState(
+            step=state.step + 1,
+            params=keep_old(params, state.params),
+            opt_state=keep_old(opt_state, state.opt_state),
+            rng=state.rng,
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+            nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
+        )
+        metrics = {
+            "loss": loss_sum / jnp.maximum(count, 1.0),
+            "grad_norm": grad_norm,
+            "finite": finite,
+            "lr": schedule(state.step - 1),
+            "utterances": count,
+            "frames": jnp.sum(batch["feature_lengths"] * batch["valid"]),
+        }
+        return state, metrics
+
+    return train_step
+
+
+def make_eval_loss(model: RNNT, config: Config, blank: int) -> Callable:
+    """``eval_loss(params, batch) -> (loss_sum, count)`` without dropout or SpecAugment."""
+    loss_fn = make_loss_fn(model, config, blank)
+
+    def eval_loss(params, batch):
+        return loss_fn(params, batch, jax.random.key(0), True)[1]
+
+    return eval_loss
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Devices
+
+
+class Mesh1D:
+    """Data parallelism over every device (of every process): batches split on the "data" axis, the state
+    replicated. With several processes (jax.distributed), each puts its own rows of the global batch."""
+
+    def __init__(self, devices=None):
+        devices = np.asarray(devices if devices is not None else jax.devices())
+        self.mesh = Mesh(devices, ("data",))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.size = devices.size
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size % self.size:
+            raise ValueError(
+                f"data.batch_size: expected a multiple of the device count {self.size}, got {batch_size}"
+            )
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """A global numpy batch (the same on every process) as arrays sharded on the batch axis."""
+        rows = jax.process_count()
+        index = jax.process_index()
+
+        def put(x):
+            local = np.array_split(x, rows)[index] if rows > 1 else x
+            return jax.make_array_from_process_local_data(self.batch_sharding, local, x.shape)
+
+        return {k: put(v) for k, v in batch.items()}
+
+    def replicate(self, tree: Any) -> Any:
+        return jax.device_put(tree, self.replicated)
+
+    def jit_train_step(self, train_step: Callable) -> Callable:
+        return jax.jit(
+            train_step,
+            in_shardings=(self.replicated, self.batch_sharding),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=(0,),
+        )
+
+
+def device_batch(batch: data_lib.Batch) -> dict[str, np.ndarray]:
+    return {
+        "features": batch.features,
+        "feature_lengths": batch.feature_lengths,
+        "targets": batch.targets,
+        "target_lengths": batch.target_lengths,
+        "valid": batch.valid,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLog:
+    """Metrics as JSON lines (one object per record, appended whole), and TensorBoard when tensorboardX is
+    installed. On resume, records past the restored step are dropped so the log reads as one run."""
+
+    def __init__(self, path: str | os.PathLike, resume_step: int = 0, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        if self.path.exists():
+            kept = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line + "\n")
+            atomic_write_text(self.path, "".join(kept))
+        try:
+            from tensorboardX import SummaryWriter  # optional
+
+            self.writer = SummaryWriter(str(self.path.parent / "tensorboard"))
+        except ImportError:
+            self.writer = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress:
+    """A one-line progress display on stderr (rewritten in place on a terminal, one line per update else)."""
+
+    def __init__(self, total: int, start: int, stream=sys.stderr, enabled: bool = True):
+        self.total, self.start, self.stream, self.enabled = total, start, stream, enabled
+        self.started = time.perf_counter()
+        self.tty = getattr(stream, "isatty", lambda: False)()
+
+    def update(self, step: int, text: str) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.started
+        done = step - self.start
+        eta = elapsed / done * (self.total - step) if done else float("nan")
+        width = 20
+        filled = int(width * step / max(self.total, 1))
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} {text} "
+            f"{_clock(elapsed)}<{_clock(eta)}"
+        )
+        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row had a NaN or Inf loss, gradient or feature."""
+
+
+@dataclass
+class FitResult:
+    state: TrainState
+    losses: dict[int, float]  # step -> training loss of that step (steps run in this call)
+    skipped: int
+    seconds: float
+
+
+def batch_stream(
+    examples, config: Config, bucket_frames: list[int], right_pad: int, start_step: int, pad_id: int = 0
+) -> Iterator[tuple[int, data_lib.Batch]]:
+    """(step, batch) from ``start_step`` on. The batch of step s is a pure function of (seed, s): epoch
+    s // batches_per_epoch, position s % batches_per_epoch of that epoch's plan."""
+    data, seed = config.data, config.loop.seed
+    lengths = [e.features.shape[0] for e in examples]
+    per_epoch = len(data_lib.plan_batches(lengths, data.batch_size, bucket_frames, seed=seed, epoch=0))
+    if per_epoch == 0:
+        raise ValueError(
+            f"data.batch_size: {data.batch_size} is more than any bucket holds "
+            f"({len(examples)} training utterances in {len(bucket_frames)} buckets)"
+        )
+    step = start_step
+    while True:
+        epoch, position = divmod(step, per_epoch)
+        for batch in data_lib.batches(
+            examples,
+            data.batch_size,
+            bucket_frames,
+            seed=seed,
+            epoch=epoch,
+            right_pad_frames=right_pad,
+            target_pad_id=pad_id,
+            start=position,
+        ):
+            yield step, batch
+            step += 1
+
+
+def fit(
+    config: Config,
+    workdir: str | os.PathLike,
+    model: RNNT,
+    train_examples: list,
+    bucket_frames: list[int],
+    *,
+    blank: int,
+    must_match: dict,
+    stop_at: int | None = None,
+    on_eval: Callable[[TrainState, int], dict] | None = None,
+    progress: bool = True,
+    time_limit: float | None = None,
+    devices=None,
+) -> FitResult:
+    """Trains ``model`` on ``train_examples`` for config.loop.steps steps, resuming from the latest checkpoint
+    under ``workdir`` when there is one.
+
+    must_match: config parts a checkpoint must share to be resumed (see Checkpoints).
+    stop_at: stop (after checkpointing) at this step, before config.loop.steps (for tests and time limits).
+    on_eval: called every loop.eval_every steps with (state, step); its dict is logged.
+    time_limit: seconds; training stops (with a checkpoint) at the first step past it.
+    """
+    loop = config.loop
+    workdir = Path(workdir)
+    lead = jax.process_index() == 0
+    mesh = Mesh1D(devices)
+    mesh.check_batch_size(config.data.batch_size)
+    optimizer = make_optimizer(config.optim, loop.steps)
+    train_step = mesh.jit_train_step(make_train_step(model, optimizer, config, blank))
+
+    checkpoints = Checkpoints(workdir / "checkpoints", loop.keep_checkpoints, must_match)
+    abstract = jax.eval_shape(lambda: init_state(model, optimizer, loop.seed))
+    if checkpoints.latest_step() is not None:
+        state = checkpoints.restore(abstract_like(abstract, mesh.replicated))
+    else:
+        state = jax.jit(lambda: init_state(model, optimizer, loop.seed), out_shardings=mesh.replicated)()
+    start = int(state.step)
+    if lead:  # written once the checkpoint (if any) proved compatible
+        save_json(workdir / "config.json", to_dict(config))
+    metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=lead)
+    end = min(loop.steps, stop_at) if stop_at is not None else loop.steps
+    bar = Progress(end, start, enabled=progress and lead)
+    config_json = {**to_dict(config), "num_symbols": model.num_symbols}
+
+    losses: dict[int, float] = {}
+    window = {"loss": 0.0, "utterances": 0.0, "frames": 0.0, "n": 0, "time": time.perf_counter()}
+    pending = None  # the previous step's metrics, read after the next step is dispatched
+
+    counts = {
+        "in_a_row": int(jax.device_get(state.nonfinite_in_a_row)),
+        "skipped": int(jax.device_get(state.skipped)),
+    }
+
+    def settle(step: int, metrics: dict) -> None:
+        metrics = jax.device_get(metrics)
+        if not bool(metrics["finite"]):
+            counts["in_a_row"] += 1
+            counts["skipped"] += 1
+            metrics_log.write(
+                {"step": step + 1, "kind": "skip", "reason": "non-finite loss, gradient or feature"}
+            )
+            if counts["in_a_row"] >= loop.max_nonfinite_in_a_row:
+                raise NonFiniteError(
+                    f"{counts['in_a_row']} steps in a row had NaN/Inf loss, gradients or "
+                    f"features (the last: step {step + 1}); see {workdir / 'metrics.jsonl'}"
+                )
+            return
+        counts["in_a_row"] = 0
+        losses[step] = float(metrics["loss"])
+        window["loss"] += float(metrics["loss"])
+        window["utterances"] += float(metrics["utterances"])
+        window["frames"] += float(metrics["frames"])
+        window["n"] += 1
+        if loop.log_every and (step + 1) % loop.log_every == 0 and window["n"]:
+            seconds = time.perf_counter() - window["time"]
+            record = {
+                "step": step + 1,
+                "kind": "train",
+                "loss": window["loss"] / window["n"],
+                "grad_norm": float(metrics["grad_norm"]),
+                "lr": float(metrics["lr"]),
+                "utterances_per_s": window["utterances"] / seconds,
+                "audio_s_per_s": window["frames"] * 0.01 / seconds,
+                "skipped": counts["skipped"],
+            }
+            metrics_log.write(record)
+            bar.update(
+                step + 1,
+                f"loss {record['loss']:.3f} {record['utterances_per_s']:.1f} utt/s "
+                f"{record['audio_s_per_s']:.0f}x real time",
+            )
+            window.update(loss=0.0, utterances=0.0, frames=0.0, n=0, time=time.perf_counter())
+
+    started = time.perf_counter()
+    try:
+        if start < end:
+            stream = batch_stream(train_examples, config, bucket_frames, model.right_context_length, start)
+            for step, batch in stream:
+                state, metrics = train_step(state, mesh.put_batch(device_batch(batch)))
+                if pending is not None:
+                    settle(*pending)
+                pending = (step, metrics)
+                done = step + 1
+                if loop.checkpoint_every and done % loop.checkpoint_every == 0 and done < end:
+                    checkpoints.save(done, state, config_json)
+                if on_eval is not None and loop.eval_every and done % loop.eval_every == 0 and done < end:
+                    settle(*pending)
+                    pending = None
+                    metrics_log.write({"step": done, "kind": "eval", **on_eval(state, done)})
+                if time_limit is not None and time.perf_counter() - started > time_limit and done < end:
+                    metrics_log.write({"step": done, "kind": "stop", "reason": f"time limit {time_limit} s"})
+                    end = done
+                if done >= end:
+                    break
+            if pending is not None:
+                settle(*pending)
+            checkpoints.save(end, state, config_json)
+    finally:
+        checkpoints.close()
+        metrics_log.close()
+        bar.close()
+    return FitResult(
+        state=state, losses=losses, skipped=counts["skipped"], seconds=time.perf_counter() - started
+    )
+
+
+def save_json(path: str | os.PathLike, blob: Any) -> None:
+    atomic_write_text(path, json.dumps(blob, indent=2, sort_keys=True) + "\n")
