@@ -8,34 +8,17 @@ config as JSON. An interrupted save leaves only a temporary folder that orbax ig
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointMismatchError", "Checkpoints", "atomic_write_text"]
+__all__ = ["CheckpointMismatchError", "Checkpoints"]
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint was written by a run whose model (or tokenizer) differs from this one."""
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file and os.replace: the file is old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:

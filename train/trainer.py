@@ -23,10 +23,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from streamformer._io import atomic_write_text
 from streamformer.rnnt import RNNT, conv_emformer_rnnt_model, emformer_rnnt_model
 from streamformer.rnnt_loss import rnnt_loss_from_encodings
 from train import data as data_lib
-from train.checkpoint import Checkpoints, abstract_like, atomic_write_text
+from train.checkpoint import Checkpoints, abstract_like
 from train.config import Config, ModelConfig, OptimConfig, to_dict
 
 __all__ = [
