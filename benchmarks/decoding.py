@@ -31,20 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import median_time  # noqa: E402
 
 from streamformer.decoding import StreamingDecoder, beam_search, greedy_search  # noqa: E402
 from streamformer.rnnt import emformer_rnnt_base  # noqa: E402
 
 FRAMES, MELS, V = 1000, 80, 4097
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

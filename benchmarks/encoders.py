@@ -16,30 +16,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from _timing import median_time
 
 import convert
 from convert import reference
 from streamformer import ConvEmformer, Emformer
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def block(x):
@@ -114,10 +102,12 @@ def main() -> None:
         peak = (
             memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
         ) / 2**20
-        ours = timed(lambda: block(compiled(variables, xj, lj)), args.repeats)
+        ours = median_time(lambda: block(compiled(variables, xj, lj)), args.repeats, warmup=True)
         with torch.no_grad():
             xt, lt = torch.from_numpy(x), torch.from_numpy(lengths)
-            theirs = timed(lambda: torch_model(xt, lt), max(1, args.repeats if multiple < 16 else 1))
+            theirs = median_time(
+                lambda: torch_model(xt, lt), max(1, args.repeats if multiple < 16 else 1), warmup=True
+            )
         print(
             f"| {T} | {ours * 1e3:.1f} | {ours * 1e3 / T:.3f} | {peak:.0f} | {peak / T:.2f} | {theirs * 1e3:.1f} |"
             f" {theirs * 1e3 / T:.3f} | {theirs / ours:.2f}x |"
@@ -146,9 +136,9 @@ def main() -> None:
 
     stream = jax.jit(lambda v, x, n: model.apply(v, x, n, method="stream")[0])
     xj, lj = jnp.asarray(x), jnp.array([T])
-    ours_step = timed(ours_loop, args.repeats) / len(chunks)
-    torch_step = timed(torch_loop, args.repeats) / len(chunks)
-    ours_stream = timed(lambda: block(stream(variables, xj, lj)), args.repeats)
+    ours_step = median_time(ours_loop, args.repeats, warmup=True) / len(chunks)
+    torch_step = median_time(torch_loop, args.repeats, warmup=True) / len(chunks)
+    ours_stream = median_time(lambda: block(stream(variables, xj, lj)), args.repeats, warmup=True)
     print("| measure | streamformer | torchaudio | speed-up |")
     print("|---|---|---|---|")
     print(
@@ -161,7 +151,9 @@ def main() -> None:
     )
     batch = 32
     xb = jnp.asarray(rng.standard_normal((batch, T + R, D)).astype(np.float32))
-    ours_batch = timed(lambda: block(stream(variables, xb, jnp.full((batch,), T))), max(1, args.repeats - 1))
+    ours_batch = median_time(
+        lambda: block(stream(variables, xb, jnp.full((batch,), T))), max(1, args.repeats - 1), warmup=True
+    )
     print(
         f"| {batch} streams in one batch, streamed | {ours_batch * 1e3:.1f} ms |"
         f" {torch_step * len(chunks) * batch * 1e3:.1f}"

@@ -19,32 +19,11 @@ from streamformer.decoding import (
     greedy_search,
 )
 from streamformer.rnnt import emformer_rnnt_model
+from tests.rnnt_cases import TINY_RNNT, R, S, V
 
 # Segments of 8 + 4 input frames, stride 2: 4 encoder frames per segment. Blank is the last token (V - 1).
-CONFIG = dict(
-    input_dim=8,
-    encoding_dim=16,
-    num_symbols=11,
-    segment_length=8,
-    right_context_length=4,
-    time_reduction_input_dim=8,
-    time_reduction_stride=2,
-    transformer_num_heads=2,
-    transformer_ffn_dim=32,
-    transformer_num_layers=2,
-    transformer_dropout=0.0,
-    transformer_activation="gelu",
-    transformer_left_context_length=6,
-    transformer_max_memory_size=2,
-    transformer_weight_init_scale_strategy="depthwise",
-    transformer_tanh_on_mem=True,
-    symbol_embedding_dim=12,
-    num_lstm_layers=2,
-    lstm_layer_norm=True,
-    lstm_layer_norm_epsilon=1e-3,
-    lstm_dropout=0.0,
-)
-S, R, STRIDE, V, F = 8, 4, 2, 11, 8
+CONFIG = dict(TINY_RNNT)
+F = 8
 BLANK = V - 1
 SCORE_ATOL = 1e-3
 
