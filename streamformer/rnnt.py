@@ -716,6 +716,39 @@ def _predictor_and_joiner(
     return predictor, joiner
 
 
+def _transducer(
+    transcriber_class: type[nn.Module],
+    *,
+    encoding_dim: int,
+    num_symbols: int,
+    symbol_embedding_dim: int,
+    num_lstm_layers: int,
+    lstm_layer_norm: bool,
+    lstm_layer_norm_epsilon: float,
+    lstm_dropout: float,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    **transcriber_arguments,
+) -> RNNT:
+    """The factories' common body: the factory's keywords (its ``locals()``) split between the transcriber
+    (the transformer_* keywords and the input/segment/time-reduction ones), the predictor and the joiner."""
+    transcriber = transcriber_class(
+        output_dim=encoding_dim, dtype=dtype, param_dtype=param_dtype, parent=None, **transcriber_arguments
+    )
+    predictor, joiner = _predictor_and_joiner(
+        encoding_dim,
+        num_symbols,
+        symbol_embedding_dim,
+        num_lstm_layers,
+        lstm_layer_norm,
+        lstm_layer_norm_epsilon,
+        lstm_dropout,
+        dtype,
+        param_dtype,
+    )
+    return RNNT(transcriber=transcriber, predictor=predictor, joiner=joiner, parent=None)
+
+
 def emformer_rnnt_model(
     *,
     input_dim: int,
@@ -749,38 +782,7 @@ def emformer_rnnt_model(
     (the Emformer runs on segment_length // stride and right_context_length // stride reduced frames, as in
     torchaudio). The predictor's LSTM hidden size is symbol_embedding_dim; the joiner's activation is relu.
     """
-    transcriber = EmformerTranscriber(
-        input_dim=input_dim,
-        output_dim=encoding_dim,
-        segment_length=segment_length,
-        right_context_length=right_context_length,
-        time_reduction_input_dim=time_reduction_input_dim,
-        time_reduction_stride=time_reduction_stride,
-        transformer_num_heads=transformer_num_heads,
-        transformer_ffn_dim=transformer_ffn_dim,
-        transformer_num_layers=transformer_num_layers,
-        transformer_left_context_length=transformer_left_context_length,
-        transformer_dropout=transformer_dropout,
-        transformer_activation=transformer_activation,
-        transformer_max_memory_size=transformer_max_memory_size,
-        transformer_weight_init_scale_strategy=transformer_weight_init_scale_strategy,
-        transformer_tanh_on_mem=transformer_tanh_on_mem,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        parent=None,
-    )
-    predictor, joiner = _predictor_and_joiner(
-        encoding_dim,
-        num_symbols,
-        symbol_embedding_dim,
-        num_lstm_layers,
-        lstm_layer_norm,
-        lstm_layer_norm_epsilon,
-        lstm_dropout,
-        dtype,
-        param_dtype,
-    )
-    return RNNT(transcriber=transcriber, predictor=predictor, joiner=joiner, parent=None)
+    return _transducer(EmformerTranscriber, **locals())
 
 
 def emformer_rnnt_base(num_symbols: int, *, dtype: Dtype = None, param_dtype: Dtype = jnp.float32) -> RNNT:
@@ -849,37 +851,4 @@ def conv_emformer_rnnt_model(
     ``transcriber.transformer`` is that ConvEmformer: the parameter names are the same with the ConvEmformer's
     layers under ``transcriber.transformer``.
     """
-    transcriber = ConvEmformerTranscriber(
-        input_dim=input_dim,
-        output_dim=encoding_dim,
-        segment_length=segment_length,
-        right_context_length=right_context_length,
-        time_reduction_input_dim=time_reduction_input_dim,
-        time_reduction_stride=time_reduction_stride,
-        transformer_num_heads=transformer_num_heads,
-        transformer_ffn_dim=transformer_ffn_dim,
-        transformer_num_layers=transformer_num_layers,
-        transformer_left_context_length=transformer_left_context_length,
-        transformer_dropout=transformer_dropout,
-        transformer_activation=transformer_activation,
-        transformer_max_memory_size=transformer_max_memory_size,
-        transformer_weight_init_scale_strategy=transformer_weight_init_scale_strategy,
-        transformer_tanh_on_mem=transformer_tanh_on_mem,
-        transformer_kernel_size=transformer_kernel_size,
-        transformer_conv_activation=transformer_conv_activation,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        parent=None,
-    )
-    predictor, joiner = _predictor_and_joiner(
-        encoding_dim,
-        num_symbols,
-        symbol_embedding_dim,
-        num_lstm_layers,
-        lstm_layer_norm,
-        lstm_layer_norm_epsilon,
-        lstm_dropout,
-        dtype,
-        param_dtype,
-    )
-    return RNNT(transcriber=transcriber, predictor=predictor, joiner=joiner, parent=None)
+    return _transducer(ConvEmformerTranscriber, **locals())
