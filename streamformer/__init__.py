@@ -16,7 +16,7 @@ from .rnnt import (
     joiner_fn,
 )
 from .rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
-from .streaming import EmformerState, reset_streams
+from .streaming import EmformerState, reset_streams, segment_chunks
 
 __version__ = "0.1.0"
 
@@ -33,4 +33,5 @@ __all__ = [
     "reset_streams",
     "rnnt_loss",
     "rnnt_loss_from_encodings",
+    "segment_chunks",
 ]

@@ -74,6 +74,34 @@ def masked_segment_mean(segments: jax.Array, valid_frames: jax.Array) -> jax.Arr
     return total / jnp.maximum(valid_frames, 1)[..., None].astype(total.dtype)
 
 
+def segment_chunks(
+    input: jax.Array, lengths: jax.Array, segment_length: int, right_context_length: int
+) -> tuple[jax.Array, jax.Array]:
+    """Cuts whole utterances into the chunks a stream delivers to ``infer``, one per segment.
+
+    Args:
+        input: (B, T + R, D) as for the forward pass: each sequence's R right-context frames right after its
+            ``lengths[b]`` valid frames.
+        lengths: (B,) valid frames per sequence (<= T).
+
+    Returns:
+        chunks (B, N, S + R, D), N = ceil(T / S): chunk n holds frames [n S, n S + S) and then the R frames that
+        follow the sequence's valid frames in it (the next segment's start, or the sequence's own right context
+        after its last frame); chunk_lengths (B, N): valid frames + R, or 0 once the sequence has ended.
+    """
+    S, R = segment_length, right_context_length
+    B, T = input.shape[0], input.shape[1] - R
+    N = -(-T // S)
+    x = jnp.pad(input, ((0, 0), (0, N * S - T), (0, 0)))
+    segment_start = jnp.arange(N) * S
+    valid_frames = jnp.clip(lengths[:, None] - segment_start[None, :], 0, S)  # (B, N)
+    frames = segment_start[None, :, None] + jnp.arange(S)  # (1, N, S)
+    rc_frames = (segment_start + valid_frames)[..., None] + jnp.arange(R)  # (B, N, R)
+    index = jnp.concatenate([jnp.broadcast_to(frames, (B, N, S)), rc_frames], axis=-1)
+    chunks = jnp.take_along_axis(x, index.reshape(B, -1)[..., None], axis=1).reshape(B, N, S + R, x.shape[-1])
+    return chunks, jnp.where(valid_frames > 0, valid_frames + R, 0)
+
+
 class StreamingEncoder(nn.Module):
     """Base of Emformer and ConvEmformer. Subclasses declare torchaudio's constructor arguments as fields and
     implement ``_make_layer(index)``; layers are called as
@@ -324,15 +352,7 @@ class StreamingEncoder(nn.Module):
             )
         _checks.lengths_in_range("lengths", lengths, 0, T)
         lengths = lengths.astype(jnp.int32)
-        N = -(-T // S)
-        x = jnp.pad(input, ((0, 0), (0, N * S - T), (0, 0)))
-        segment_start = jnp.arange(N) * S
-        valid_frames = jnp.clip(lengths[:, None] - segment_start[None, :], 0, S)  # (B, N)
-        frames = segment_start[None, :, None] + jnp.arange(S)  # (1, N, S)
-        rc_frames = (segment_start + valid_frames)[..., None] + jnp.arange(R)  # (B, N, R)
-        index = jnp.concatenate([jnp.broadcast_to(frames, (B, N, S)), rc_frames], axis=-1)
-        chunks = jnp.take_along_axis(x, index.reshape(B, -1)[..., None], axis=1).reshape(B, N, S + R, -1)
-        chunk_lengths = jnp.where(valid_frames > 0, valid_frames + R, 0)
+        chunks, chunk_lengths = segment_chunks(input, lengths, S, R)
 
         state = self.init_state(B, input.dtype) if state is None else state
         self._check_state(state, B)
@@ -343,5 +363,5 @@ class StreamingEncoder(nn.Module):
             return carry, output
 
         state, outputs = jax.lax.scan(step, state, (jnp.swapaxes(chunks, 0, 1), chunk_lengths.T))
-        output = jnp.swapaxes(outputs, 0, 1).reshape(B, N * S, -1)[:, :T]
+        output = jnp.swapaxes(outputs, 0, 1).reshape(B, -1, outputs.shape[-1])[:, :T]
         return output, lengths, state

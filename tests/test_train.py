@@ -143,6 +143,17 @@ def test_stream_segments_lengths():
     assert [c[1].tolist() for c in chunks] == [[12, 12], [12, 0], [7, 0]]
 
 
+def test_stream_segments_take_the_look_ahead_after_the_valid_frames():
+    """A partial last chunk: its valid frames, then (after padding) the R frames that follow them, not the
+    frames that happen to sit after the segment's end."""
+    features = np.full((1, 30, 1), -1.0, np.float32)  # junk
+    features[0, :23, 0] = np.arange(23)  # 19 valid frames, then their 4 look-ahead frames 19..22
+    chunks = list(stream_segments(features, np.array([19]), 8, 4))
+    last, length = chunks[-1]
+    assert length.tolist() == [7]
+    assert last[0, :3, 0].tolist() == [16, 17, 18] and last[0, -4:, 0].tolist() == [19, 20, 21, 22]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The train step
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from streamformer.decoding import StreamingDecoder, beam_search, greedy_search
 from streamformer.rnnt import RNNT
+from streamformer.streaming import segment_chunks
 from streamformer.text import Tokenizer
 from train import data as data_lib
 
@@ -52,19 +54,19 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
 def stream_segments(
     features: np.ndarray, lengths: np.ndarray, segment_length: int, right_context_length: int
 ):
-    """Yields (chunk (B, S + R, F), chunk_lengths (B,)) as streams deliver them: chunk i holds frames
-    [i S, i S + S + R); its length counts the valid frames and the R look-ahead frames after them, 0 once a
-    stream has nothing new (StreamingDecoder.step's convention)."""
+    """Yields (chunk (B, S + R, F), chunk_lengths (B,)) as streams deliver them (``segment_chunks``'s layout):
+    chunk i holds frames [i S, i S + S) and then the R look-ahead frames that follow the stream's valid frames;
+    its length counts both, 0 once a stream has nothing new (StreamingDecoder.step's convention). Frames past
+    ``features``' end count as zeros."""
     S, R = segment_length, right_context_length
     B, _, F = features.shape
     num_chunks = int(-(-int(lengths.max()) // S))
-    width = num_chunks * S + R
-    padded = np.zeros((B, max(width, features.shape[1]), F), features.dtype)
+    padded = np.zeros((B, max(num_chunks * S + R, features.shape[1]), F), features.dtype)
     padded[:, : features.shape[1]] = features
+    chunks, chunk_lengths = segment_chunks(jnp.asarray(padded), jnp.asarray(lengths, jnp.int32), S, R)
+    chunks, chunk_lengths = np.asarray(chunks), np.asarray(chunk_lengths, np.int32)
     for i in range(num_chunks):
-        remaining = lengths - i * S
-        chunk_lengths = np.where(remaining > 0, np.minimum(remaining + R, S + R), 0).astype(np.int32)
-        yield padded[:, i * S : i * S + S + R], chunk_lengths
+        yield chunks[:, i], chunk_lengths[:, i]
 
 
 def decode(
