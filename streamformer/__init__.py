@@ -5,8 +5,10 @@ as a ``lax.scan`` over segments with an explicit state pytree, the RNN-T loss, a
 (``streamformer.decoding``). Front end and text: ``streamformer.features``, ``streamformer.text``.
 """
 
-from .conv_emformer import ConvEmformer
+from .attention import EmformerLayerState
+from .conv_emformer import ConvEmformer, ConvEmformerLayerState
 from .emformer import Emformer
+from .layout import SegmentLayout, segment_chunks
 from .rnnt import (
     RNNT,
     PredictorState,
@@ -16,15 +18,20 @@ from .rnnt import (
     joiner_fn,
 )
 from .rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
-from .streaming import EmformerState, reset_streams, segment_chunks
+from .state import batch_axes, reset_streams, select_streams, take_streams
+from .streaming import EmformerState
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RNNT",
     "ConvEmformer",
+    "ConvEmformerLayerState",
     "Emformer",
+    "EmformerLayerState",
     "EmformerState",
+    "SegmentLayout",
+    "batch_axes",
     "PredictorState",
     "conv_emformer_rnnt_model",
     "emformer_rnnt_base",
@@ -34,4 +41,6 @@ __all__ = [
     "rnnt_loss",
     "rnnt_loss_from_encodings",
     "segment_chunks",
+    "select_streams",
+    "take_streams",
 ]
