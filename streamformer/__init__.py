@@ -12,6 +12,7 @@ from .layout import SegmentLayout, segment_chunks
 from .rnnt import (
     RNNT,
     PredictorState,
+    TransducerConfig,
     conv_emformer_rnnt_model,
     emformer_rnnt_base,
     emformer_rnnt_model,
@@ -31,6 +32,7 @@ __all__ = [
     "EmformerLayerState",
     "EmformerState",
     "SegmentLayout",
+    "TransducerConfig",
     "batch_axes",
     "PredictorState",
     "conv_emformer_rnnt_model",

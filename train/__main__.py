@@ -237,7 +237,7 @@ def transcribe_file(run: Run, model, variables, path: str, beam: int = 0, out=No
 
     from streamformer.decoding import StreamingDecoder
     from train.data import load_audio
-    from train.evaluate import stream_segments
+    from streamformer.decoding import stream_segments
     from train.prepare import log_mel_features, normalize
 
     out = out or sys.stdout
