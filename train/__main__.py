@@ -277,11 +277,12 @@ def cmd_stats(args) -> dict:
     """Global feature statistics (torchaudio's global_stats.json format) of a dataset's train split."""
     from streamformer.features import compute_global_stats
     from train.config import DataConfig
-    from train.prepare import _audio, load_corpus, log_mel_features
+    from train.data import audio_of
+    from train.prepare import load_corpus, log_mel_features
 
     data = DataConfig(train=args.data, synth_sizes=(args.synth_size, 0, 0))
     items = load_corpus(data, "train")
-    stats = compute_global_stats(log_mel_features([_audio(item) for item in items]))
+    stats = compute_global_stats(log_mel_features([audio_of(item) for item in items]))
     stats.save(args.out)
     _say(f"wrote {args.out}: statistics of {len(items)} utterances")
     return {"utterances": len(items)}

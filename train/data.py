@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train.synth import Utterance, _import_soundfile, write_librispeech
+from train.synth import Utterance, import_soundfile, write_librispeech
 
 __all__ = [
     "AudioEntry",
@@ -44,6 +44,7 @@ __all__ = [
     "batches",
     "build_espeak_librispeech",
     "list_librispeech",
+    "audio_of",
     "load_audio",
     "make_buckets",
     "plan_batches",
@@ -149,6 +150,12 @@ def resample(waveform: np.ndarray, orig_sample_rate: int, target_sample_rate: in
     return out.astype(np.float32)
 
 
+def audio_of(item, sample_rate: int = 16000) -> np.ndarray:
+    """The waveform of a corpus item: an ``Utterance``'s own audio (already at ``sample_rate``), or an
+    ``AudioEntry``'s file loaded with ``load_audio``."""
+    return item.audio if isinstance(item, Utterance) else load_audio(item.path, sample_rate)
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int = 16000,
@@ -162,7 +169,7 @@ def load_audio(
     with resample_audio=False, rejected. Raises ValueError naming the file when it cannot be decoded, holds no
     samples, or is silent (peak amplitude <= silence_threshold, full scale being 1.0).
     """
-    sf = _import_soundfile()
+    sf = import_soundfile()
     try:
         data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except RuntimeError as error:  # soundfile's LibsndfileError is a RuntimeError
@@ -287,8 +294,7 @@ def prepare_examples(
     """
     examples = []
     for item in items:
-        audio = item.audio if isinstance(item, Utterance) else load_audio(item.path, sample_rate)
-        features = np.asarray(featurize(audio), dtype=np.float32)
+        features = np.asarray(featurize(audio_of(item, sample_rate)), dtype=np.float32)
         if features.ndim != 2 or features.shape[0] == 0:
             raise ValueError(
                 f"featurize: expected (T, F) features with T >= 1 for {item.id}, got {features.shape}"

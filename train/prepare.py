@@ -84,10 +84,6 @@ def _synthesize(config: synth.SynthConfig, split: str, size: int) -> list:
         return _synthesize_range(config, split, 0, size)
 
 
-def _audio(item) -> np.ndarray:
-    return item.audio if isinstance(item, synth.Utterance) else data_lib.load_audio(item.path)
-
-
 def log_mel_features(
     audios: list[np.ndarray], batch_size: int = 64, pad_multiple: int = 8000
 ) -> list[np.ndarray]:
@@ -167,7 +163,7 @@ def prepare_split(
     items = load_corpus(config.data, split)
     if not items:
         raise ValueError(f"data.{split}: no utterances in {getattr(config.data, split)!r}")
-    features = log_mel_features([_audio(item) for item in items])
+    features = log_mel_features([data_lib.audio_of(item) for item in items])
     texts = [normalize_text(item.text) for item in items]
     tokenizer = tokenizer or tokenizer_for(config, workdir, texts if split == "train" else None)
     stats = stats or global_stats_for(config, workdir, features if split == "train" else None)

@@ -23,8 +23,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from streamformer._io import atomic_write_text
-from streamformer.rnnt import RNNT, conv_emformer_rnnt_model, emformer_rnnt_model
+from streamformer.io import atomic_write_text
+from streamformer.rnnt import RNNT, joiner_fn
 from streamformer.rnnt_loss import rnnt_loss_from_encodings
 from train import data as data_lib
 from train.checkpoint import Checkpoints, abstract_like
@@ -49,24 +49,7 @@ __all__ = [
 
 def build_model(config: ModelConfig, num_symbols: int) -> RNNT:
     """The transducer of ``config`` with ``num_symbols`` outputs (blank included)."""
-    kwargs = {
-        k: v
-        for k, v in vars(config).items()
-        if k not in ("kind", "dtype", "num_symbols", "transformer_kernel_size")
-    }
-    dtype = {"float32": None, "bfloat16": jnp.bfloat16}.get(config.dtype, "bad")
-    if dtype == "bad":
-        raise ValueError(f"model.dtype: expected 'float32' or 'bfloat16', got {config.dtype!r}")
-    if config.kind == "emformer":
-        return emformer_rnnt_model(num_symbols=num_symbols, dtype=dtype, **kwargs)
-    if config.kind == "conv_emformer":
-        return conv_emformer_rnnt_model(
-            num_symbols=num_symbols,
-            dtype=dtype,
-            transformer_kernel_size=config.transformer_kernel_size,
-            **kwargs,
-        )
-    raise ValueError(f"model.kind: expected 'emformer' or 'conv_emformer', got {config.kind!r}")
+    return RNNT.from_config(config.transducer(num_symbols), dtype=config.compute_dtype())
 
 
 def learning_rate_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -145,14 +128,6 @@ def init_state(model: RNNT, optimizer: optax.GradientTransformation, seed: int) 
     )
 
 
-def _transcriber(module: RNNT, sources, source_lengths, deterministic):
-    return module.transcriber(sources, source_lengths, deterministic)
-
-
-def _predictor(module: RNNT, targets, target_lengths, deterministic):
-    return module.predictor(targets, target_lengths, None, deterministic)
-
-
 def make_loss_fn(model: RNNT, config: Config, blank: int) -> Callable:
     """``loss_fn(params, batch, rng, deterministic) -> (objective, (loss_sum, count))``; the objective is the
     RNN-T loss summed ("sum") or averaged ("mean") over the batch's valid rows."""
@@ -162,33 +137,20 @@ def make_loss_fn(model: RNNT, config: Config, blank: int) -> Callable:
         augment_key, dropout_key = jax.random.split(rng)
         features, lengths = batch["features"], batch["feature_lengths"]
         if data.spec_augment and not deterministic:
-            features = data_lib.spec_augment(
-                augment_key,
-                features,
-                lengths,
-                num_freq_masks=data.freq_masks,
-                freq_mask_width=data.freq_mask_param,
-                num_time_masks=data.time_masks,
-                time_mask_width=data.time_mask_param,
-                max_time_mask_fraction=data.time_mask_ratio,
-            )
+            features = data_lib.spec_augment(augment_key, features, lengths, **data.spec_augment_arguments())
         variables, rngs = {"params": params}, {"dropout": dropout_key}
         sources, source_lengths = model.apply(
-            variables, features, lengths, deterministic, method=_transcriber, rngs=rngs
+            variables, features, lengths, deterministic, method=RNNT.transcribe, rngs=rngs
         )
         targets, target_lengths = batch["targets"], batch["target_lengths"]
         prefixed = jnp.concatenate([jnp.full_like(targets[:, :1], blank), targets], axis=1)
         target_encodings, _, _ = model.apply(
-            variables, prefixed, target_lengths + 1, deterministic, method=_predictor, rngs=rngs
+            variables, prefixed, target_lengths + 1, None, deterministic, method=RNNT.predict, rngs=rngs
         )
-
-        def joiner(source_chunk, target_encodings):
-            return model.apply(variables, source_chunk, target_encodings, method=RNNT.joint_logits)
-
         losses = rnnt_loss_from_encodings(
             sources,
             target_encodings,
-            joiner,
+            joiner_fn(model, variables),
             targets,
             jnp.maximum(source_lengths, 1),
             target_lengths,
