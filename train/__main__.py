@@ -202,6 +202,13 @@ def cmd_fit(args) -> dict:
         f"trained to step {summary['steps']} in {summary['train_seconds']} s "
         f"(skipped non-finite steps: {result.skipped})"
     )
+    if result.preempted:
+        summary["preempted"] = result.preempted
+        _say(
+            f"stopped by {result.preempted} at step {summary['steps']}: checkpoint saved in "
+            f"{workdir / 'checkpoints'}; run the same command to resume"
+        )
+        return summary
     if not args.no_eval:
         rates = _eval_split(run, model, {"params": result.state.params}, "dev", 0, False, args.eval_limit)
         _print_rates(rates)
@@ -301,6 +308,8 @@ def cmd_main(args) -> dict:
     summary = {"workdir": str(workdir)}
     fit_summary = cmd_fit(args)
     summary.update(fit_summary)
+    if fit_summary.get("preempted"):
+        return summary
 
     run = Run(_config_for(args), workdir)
     run.load_frontend()

@@ -29,6 +29,7 @@ from streamformer.rnnt_loss import rnnt_loss_from_encodings
 from train import data as data_lib
 from train.checkpoint import Checkpoints, abstract_like
 from train.config import Config, ModelConfig, OptimConfig, to_dict
+from train.preemption import PreemptionGuard
 
 __all__ = [
     "TrainState",
@@ -341,7 +342,9 @@ class MetricsLog:
         try:
             from tensorboardX import SummaryWriter  # optional
 
-            self.writer = SummaryWriter(str(self.path.parent / "tensorboard"))
+            # purge_step: TensorBoard drops the events a resumed run logs again (steps past the checkpoint)
+            purge = resume_step + 1 if resume_step else None
+            self.writer = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=purge)
         except ImportError:
             self.writer = None
 
@@ -414,6 +417,7 @@ class FitResult:
     losses: dict[int, float]  # step -> training loss of that step (steps run in this call)
     skipped: int
     seconds: float
+    preempted: str | None = None  # the signal that stopped training early (checkpoint saved), if any
 
 
 def batch_stream(
@@ -478,6 +482,7 @@ def fit(
     train_step = mesh.jit_train_step(make_train_step(model, optimizer, config, blank))
 
     checkpoints = Checkpoints(workdir / "checkpoints", loop.keep_checkpoints, must_match)
+    checkpoints.set_aside_damaged()
     abstract = jax.eval_shape(lambda: init_state(model, optimizer, loop.seed))
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_like(abstract, mesh.replicated))
@@ -494,6 +499,7 @@ def fit(
     losses: dict[int, float] = {}
     window = {"loss": 0.0, "utterances": 0.0, "frames": 0.0, "n": 0, "time": time.perf_counter()}
     pending = None  # the previous step's metrics, read after the next step is dispatched
+    preempted = None
 
     counts = {
         "in_a_row": int(jax.device_get(state.nonfinite_in_a_row)),
@@ -541,7 +547,9 @@ def fit(
             window.update(loss=0.0, utterances=0.0, frames=0.0, n=0, time=time.perf_counter())
 
     started = time.perf_counter()
+    guard = PreemptionGuard()
     try:
+        guard.__enter__()
         if start < end:
             stream = batch_stream(train_examples, config, bucket_frames, model.right_context_length, start)
             for step, batch in stream:
@@ -550,6 +558,7 @@ def fit(
                     settle(*pending)
                 pending = (step, metrics)
                 done = step + 1
+                checkpoints.seal()
                 if loop.checkpoint_every and done % loop.checkpoint_every == 0 and done < end:
                     checkpoints.save(done, state, config_json)
                 if on_eval is not None and loop.eval_every and done % loop.eval_every == 0 and done < end:
@@ -559,17 +568,25 @@ def fit(
                 if time_limit is not None and time.perf_counter() - started > time_limit and done < end:
                     metrics_log.write({"step": done, "kind": "stop", "reason": f"time limit {time_limit} s"})
                     end = done
+                if done < end and guard.should_stop(done):
+                    metrics_log.write({"step": done, "kind": "stop", "reason": guard.signal_name})
+                    end, preempted = done, guard.signal_name
                 if done >= end:
                     break
             if pending is not None:
                 settle(*pending)
             checkpoints.save(end, state, config_json)
     finally:
+        guard.__exit__()
         checkpoints.close()
         metrics_log.close()
         bar.close()
     return FitResult(
-        state=state, losses=losses, skipped=counts["skipped"], seconds=time.perf_counter() - started
+        state=state,
+        losses=losses,
+        skipped=counts["skipped"],
+        seconds=time.perf_counter() - started,
+        preempted=preempted,
     )
 
 
