@@ -72,6 +72,7 @@ class Run:
         self.config, self.workdir = config, workdir
         self.tokenizer = self.stats = None
         self.examples: dict[str, list] = {}
+        self.reports: dict = {}  # split -> screen.DataReport (the utterances skipped as unusable)
 
     def prepare(self, split: str) -> list:
         from train import prepare
@@ -79,7 +80,7 @@ class Run:
         if split not in self.examples:
             started = time.perf_counter()
             self.examples[split], self.tokenizer, self.stats = prepare.prepare_split(
-                self.config, self.workdir, split, self.tokenizer, self.stats
+                self.config, self.workdir, split, self.tokenizer, self.stats, reports=self.reports
             )
             _say(
                 f"{split}: {len(self.examples[split])} utterances ready "
@@ -189,6 +190,7 @@ def cmd_fit(args) -> dict:
         blank=run.tokenizer.blank_id,
         must_match=_must_match(config, run.num_symbols),
         on_eval=on_eval,
+        records=[run.reports["train"].record()] if "train" in run.reports else [],
         progress=not args.quiet,
         time_limit=args.time_limit,
     )

@@ -96,6 +96,8 @@ class DataConfig:
     global_stats: path of a global_stats.json; empty: computed from the train features.
     batch_size: utterances per step (global, over all devices); num_buckets: static batch shapes by length.
     spec_augment: apply torchaudio's recipe masks (frequency masks, time masks) to training batches.
+    strict: an unusable utterance (undecodable, empty or silent audio, a transcript the tokenizer cannot
+        encode) is an error; by default it is skipped, named in the log and counted in the metrics.
     """
 
     train: str = "synth"
@@ -114,6 +116,7 @@ class DataConfig:
     time_masks: int = 2
     time_mask_param: int = 100
     time_mask_ratio: float = 0.2
+    strict: bool = False
 
 
 @dataclass(frozen=True)

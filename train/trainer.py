@@ -461,6 +461,7 @@ def fit(
     must_match: dict,
     stop_at: int | None = None,
     on_eval: Callable[[TrainState, int], dict] | None = None,
+    records: list[dict] = (),
     progress: bool = True,
     time_limit: float | None = None,
     devices=None,
@@ -471,6 +472,7 @@ def fit(
     must_match: config parts a checkpoint must share to be resumed (see Checkpoints).
     stop_at: stop (after checkpointing) at this step, before config.loop.steps (for tests and time limits).
     on_eval: called every loop.eval_every steps with (state, step); its dict is logged.
+    records: logged once at the start (e.g. the data screening's report, kind "data").
     time_limit: seconds; training stops (with a checkpoint) at the first step past it.
     """
     loop = config.loop
@@ -492,6 +494,8 @@ def fit(
     if lead:  # written once the checkpoint (if any) proved compatible
         save_json(workdir / "config.json", to_dict(config))
     metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=lead)
+    for record in records:
+        metrics_log.write({"step": start, **record})
     end = min(loop.steps, stop_at) if stop_at is not None else loop.steps
     bar = Progress(end, start, enabled=progress and lead)
     config_json = {**to_dict(config), "num_symbols": model.num_symbols}
