@@ -130,7 +130,7 @@ class Run:
 def _eval_split(
     run: Run, model, variables, split: str, beam: int, streaming: bool, limit: int | None
 ) -> dict:
-    from train.evaluate import evaluate
+    from train.multihost import evaluate  # one process: train.evaluate.evaluate; several: gathered
     from train.prepare import bucket_frames_for
 
     examples = run.prepare(split)[: limit or None]

@@ -30,6 +30,7 @@ from train import data as data_lib
 from train.checkpoint import Checkpoints, abstract_like
 from train.config import Config, ModelConfig, OptimConfig, to_dict
 from train.preemption import PreemptionGuard
+from train.tensorboard import summary_writer
 
 __all__ = [
     "TrainState",
@@ -282,14 +283,30 @@ class Mesh1D:
                 f"data.batch_size: expected a multiple of the device count {self.size}, got {batch_size}"
             )
 
-    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """A global numpy batch (the same on every process) as arrays sharded on the batch axis."""
-        rows = jax.process_count()
-        index = jax.process_index()
+    def local_rows(self, batch_size: int) -> slice:
+        """The rows of a global batch of ``batch_size`` that this process's devices hold (all of them with
+        one process): the only rows this process builds."""
+        self.check_batch_size(batch_size)
+        spans = self.batch_sharding.addressable_devices_indices_map((batch_size,)).values()
+        begin = min(span[0].indices(batch_size)[0] for span in spans)
+        end = max(span[0].indices(batch_size)[1] for span in spans)
+        if end - begin != batch_size // self.size * len(spans):
+            raise ValueError(f"devices: this process's devices hold rows that are not contiguous: {spans}")
+        return slice(begin, end)
+
+    def put_batch(self, batch: dict[str, np.ndarray], batch_size: int | None = None) -> dict[str, jax.Array]:
+        """Arrays sharded on the batch axis from numpy arrays holding either the whole global batch of
+        ``batch_size`` rows (default: the rows given) or only this process's rows (``local_rows``)."""
 
         def put(x):
-            local = np.array_split(x, rows)[index] if rows > 1 else x
-            return jax.make_array_from_process_local_data(self.batch_sharding, local, x.shape)
+            total = batch_size or x.shape[0]
+            rows = self.local_rows(total)
+            local = x[rows] if x.shape[0] == total else x
+            if local.shape[0] != rows.stop - rows.start:
+                raise ValueError(
+                    f"batch: expected {total} rows or this process's {rows.stop - rows.start}, got {x.shape[0]}"
+                )
+            return jax.make_array_from_process_local_data(self.batch_sharding, local, (total, *x.shape[1:]))
 
         return {k: put(v) for k, v in batch.items()}
 
@@ -339,14 +356,8 @@ class MetricsLog:
                 if record.get("step", 0) <= resume_step:
                     kept.append(line + "\n")
             atomic_write_text(self.path, "".join(kept))
-        try:
-            from tensorboardX import SummaryWriter  # optional
-
-            # purge_step: TensorBoard drops the events a resumed run logs again (steps past the checkpoint)
-            purge = resume_step + 1 if resume_step else None
-            self.writer = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=purge)
-        except ImportError:
-            self.writer = None
+        purge = resume_step + 1 if resume_step else None  # TensorBoard drops what a resumed run redoes
+        self.writer = summary_writer(self.path.parent / "tensorboard", purge_step=purge)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -421,10 +432,17 @@ class FitResult:
 
 
 def batch_stream(
-    examples, config: Config, bucket_frames: list[int], right_pad: int, start_step: int, pad_id: int = 0
+    examples,
+    config: Config,
+    bucket_frames: list[int],
+    right_pad: int,
+    start_step: int,
+    pad_id: int = 0,
+    rows: slice | None = None,
 ) -> Iterator[tuple[int, data_lib.Batch]]:
     """(step, batch) from ``start_step`` on. The batch of step s is a pure function of (seed, s): epoch
-    s // batches_per_epoch, position s % batches_per_epoch of that epoch's plan."""
+    s // batches_per_epoch, position s % batches_per_epoch of that epoch's plan. ``rows``: only these rows
+    of each batch (this process's share, ``Mesh1D.local_rows``)."""
     data, seed = config.data, config.loop.seed
     lengths = [e.features.shape[0] for e in examples]
     per_epoch = len(data_lib.plan_batches(lengths, data.batch_size, bucket_frames, seed=seed, epoch=0))
@@ -445,6 +463,7 @@ def batch_stream(
             right_pad_frames=right_pad,
             target_pad_id=pad_id,
             start=position,
+            rows=rows,
         ):
             yield step, batch
             step += 1
@@ -555,9 +574,13 @@ def fit(
     try:
         guard.__enter__()
         if start < end:
-            stream = batch_stream(train_examples, config, bucket_frames, model.right_context_length, start)
+            rows = mesh.local_rows(config.data.batch_size)  # this process builds and puts only its rows
+            stream = batch_stream(
+                train_examples, config, bucket_frames, model.right_context_length, start, rows=rows
+            )
             for step, batch in stream:
-                state, metrics = train_step(state, mesh.put_batch(device_batch(batch)))
+                batch = mesh.put_batch(device_batch(batch), config.data.batch_size)
+                state, metrics = train_step(state, batch)
                 if pending is not None:
                     settle(*pending)
                 pending = (step, metrics)
