@@ -55,7 +55,9 @@ def test_unusable_utterances_are_skipped_and_named(corpus, tmp_path, caplog):
     root, tokenizer, reasons = corpus
     reports = {}
     with caplog.at_level(logging.WARNING, logger="train.screen"):
-        examples, _, _ = prepare.prepare_split(config_for(root, tokenizer), tmp_path, "train", reports=reports)
+        examples, _, _ = prepare.prepare_split(
+            config_for(root, tokenizer), tmp_path, "train", reports=reports
+        )
     assert len(examples) == GOOD
     report = reports["train"]
     assert report.total == GOOD + 4
@@ -73,7 +75,9 @@ def test_unusable_utterances_are_skipped_and_named(corpus, tmp_path, caplog):
 
 def test_strict_makes_bad_data_an_error_listing_every_file(corpus, tmp_path):
     root, tokenizer, reasons = corpus
-    with pytest.raises(screen.BadDataError, match=r"4 of 20 utterances are unusable \(data.strict=true") as info:
+    with pytest.raises(
+        screen.BadDataError, match=r"4 of 20 utterances are unusable \(data.strict=true"
+    ) as info:
         prepare.prepare_split(config_for(root, tokenizer, "data.strict=true"), tmp_path, "train")
     assert all(name in str(info.value) for name in reasons)
 

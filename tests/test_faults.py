@@ -97,15 +97,20 @@ def test_sigterm_checkpoints_exits_0_and_resume_matches_uninterrupted_run(tmp_pa
     assert process.returncode == 0, output[-3000:]
     assert step_losses(preempted) == step_losses(straight)
     assert sorted(step_losses(preempted)) == list(range(1, STEPS + 1))
-    jax.tree.map(np.testing.assert_array_equal, final_params(straight, config()), final_params(preempted, config()))
+    jax.tree.map(
+        np.testing.assert_array_equal, final_params(straight, config()), final_params(preempted, config())
+    )
 
     # TensorBoard: the events of both runs read back as one run (the resumed run purged what it redid),
     # the same scalars as the JSON-lines log.
     for workdir in (straight, preempted):
         scalars = tensorboard_scalars(workdir / "tensorboard", "train/loss")
         assert sorted(scalars) == list(range(1, STEPS + 1))
-        np.testing.assert_allclose([scalars[s] for s in sorted(scalars)],
-                                   [step_losses(straight)[s] for s in sorted(scalars)], rtol=1e-6)
+        np.testing.assert_allclose(
+            [scalars[s] for s in sorted(scalars)],
+            [step_losses(straight)[s] for s in sorted(scalars)],
+            rtol=1e-6,
+        )
     assert sorted(tensorboard_scalars(straight / "tensorboard", "train/lr")) == list(range(1, STEPS + 1))
 
 
@@ -157,9 +162,11 @@ def test_every_checkpoint_has_a_manifest_that_verifies(straight):
 def test_eval_and_transcribe_of_a_damaged_step_say_which_step_and_file(damaged_copy, capsys, how, tmp_path):
     workdir, victim = damaged_copy(how)
     audio = tmp_path / "missing.wav"  # never read: the checkpoint is refused first
-    for command in (["eval", "--workdir", str(workdir), "--split", "dev", "--limit", "2"],
-                    ["transcribe", "--workdir", str(workdir), str(audio)],
-                    ["eval", "--workdir", str(workdir), "--step", "20"]):
+    for command in (
+        ["eval", "--workdir", str(workdir), "--split", "dev", "--limit", "2"],
+        ["transcribe", "--workdir", str(workdir), str(audio)],
+        ["eval", "--workdir", str(workdir), "--step", "20"],
+    ):
         assert cli(command) == 2
         captured = capsys.readouterr()
         lines = captured.err.strip().splitlines()
@@ -185,4 +192,6 @@ def test_fit_resumes_from_the_newest_intact_checkpoint(damaged_copy, cache, stra
     assert (workdir / "checkpoints" / "20.damaged").is_dir() and checkpoint_steps(workdir)[-1] == 20
     # Steps 16..20 were redone from checkpoint 15: the same losses and parameters as the straight run.
     assert step_losses(workdir) == step_losses(straight)
-    jax.tree.map(np.testing.assert_array_equal, final_params(straight, config()), final_params(workdir, config()))
+    jax.tree.map(
+        np.testing.assert_array_equal, final_params(straight, config()), final_params(workdir, config())
+    )

@@ -74,7 +74,9 @@ def test_two_processes_of_two_devices_train_as_one_of_four(runs):
 
     losses, expected = step_losses(multi), step_losses(single)  # metrics.jsonl: written by process 0 only
     assert sorted(losses) == sorted(expected) == list(range(1, 7))
-    np.testing.assert_allclose([losses[s] for s in range(1, 7)], [expected[s] for s in range(1, 7)], rtol=2e-5)
+    np.testing.assert_allclose(
+        [losses[s] for s in range(1, 7)], [expected[s] for s in range(1, 7)], rtol=2e-5
+    )
 
     # Parameters: rtol 2e-5, and entries near zero within 2e-5 of their tensor's largest entry.
     config = micro_config(*OVERRIDES[len(MICRO) :], "loop.steps=6")
@@ -101,7 +103,9 @@ def test_checkpoints_are_written_once_and_restored_by_both(runs):
     for step in (3, 6):
         integrity.verify(checkpoints / str(step), step)
         # one orbax checkpoint written by both processes together (each its own part of the state)
-        assert {"ocdbt.process_0", "ocdbt.process_1"} <= {p.name for p in (checkpoints / str(step) / "state").iterdir()}
+        assert {"ocdbt.process_0", "ocdbt.process_1"} <= {
+            p.name for p in (checkpoints / str(step) / "state").iterdir()
+        }
     assert [r["restored"] for r in records] == [[3], [3]]  # the second fit resumed from step 3 on both
 
 

@@ -130,7 +130,9 @@ class Checkpoints:
                 while target.exists():
                     target, suffix = self.directory / f"{error.step}.damaged{suffix}", suffix + 1
                 os.rename(self.directory / str(error.step), target)
-            resume = f"resuming from step {older}" if older is not None else "no intact checkpoint: starting over"
+            resume = (
+                f"resuming from step {older}" if older is not None else "no intact checkpoint: starting over"
+            )
             if jax.process_index() == 0:
                 print(f"warning: skipped {error} (moved to {target.name}); {resume}", file=stream, flush=True)
         if jax.process_count() > 1:

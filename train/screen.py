@@ -129,5 +129,7 @@ def finish(report: DataReport, strict: bool) -> DataReport:
     for line in lines[:_LOGGED]:
         logger.warning("data.%s: skipped %s", report.split, line)
     if len(lines) > _LOGGED:
-        logger.warning("data.%s: ... and %d more (listed in metrics.jsonl)", report.split, len(lines) - _LOGGED)
+        logger.warning(
+            "data.%s: ... and %d more (listed in metrics.jsonl)", report.split, len(lines) - _LOGGED
+        )
     return report
