@@ -181,6 +181,12 @@ def test_eval_and_transcribe_of_a_damaged_step_say_which_step_and_file(damaged_c
 
 def test_fit_resumes_from_the_newest_intact_checkpoint(damaged_copy, cache, straight):
     workdir, victim = damaged_copy("flipped")
+    # As a user sees it in a fresh process: one line, and nothing at exit (orbax never opened the files).
+    process = run_cli("eval", "--workdir", str(workdir), "--split", "dev", cache=cache)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 2 and len(output.strip().splitlines()) == 1, output[-3000:]
+    assert output.startswith("error: checkpoint step 20 is damaged: ") and victim in output, output
+
     process = run_cli("fit", "--workdir", str(workdir), *FIT_ARGS, cache=cache)
     output = process.communicate(timeout=240)[0]
     assert process.returncode == 0, output[-3000:]
