@@ -190,10 +190,10 @@ def test_fit_resumes_from_the_newest_intact_checkpoint(damaged_copy, cache, stra
     process = run_cli("fit", "--workdir", str(workdir), *FIT_ARGS, cache=cache)
     output = process.communicate(timeout=240)[0]
     assert process.returncode == 0, output[-3000:]
-    warnings = [line for line in output.splitlines() if line.startswith("warning: skipped checkpoint")]
+    warnings = [line for line in output.splitlines() if line.startswith("warning: checkpoint step")]
     assert len(warnings) == 1, output[-3000:]
     assert "step 20 is damaged" in warnings[0] and victim in warnings[0] and "sha256" in warnings[0]
-    assert "resuming from step 15" in warnings[0]
+    assert "skipped (moved to 20.damaged), resuming from step 15" in warnings[0]
     assert "Traceback" not in output and "Event loop is closed" not in output
     assert (workdir / "checkpoints" / "20.damaged").is_dir() and checkpoint_steps(workdir)[-1] == 20
     # Steps 16..20 were redone from checkpoint 15: the same losses and parameters as the straight run.

@@ -134,7 +134,9 @@ class Checkpoints:
                 f"resuming from step {older}" if older is not None else "no intact checkpoint: starting over"
             )
             if jax.process_index() == 0:
-                print(f"warning: skipped {error} (moved to {target.name}); {resume}", file=stream, flush=True)
+                print(
+                    f"warning: {error}; skipped (moved to {target.name}), {resume}", file=stream, flush=True
+                )
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
