@@ -7,6 +7,7 @@ Training runs in subprocesses sharing a persistent compilation cache, as in test
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -201,3 +202,15 @@ def test_fit_resumes_from_the_newest_intact_checkpoint(damaged_copy, cache, stra
     jax.tree.map(
         np.testing.assert_array_equal, final_params(straight, config()), final_params(workdir, config())
     )
+
+
+def test_preemption_guard_turns_sigterm_into_a_request_and_restores_the_handler():
+    from train.preemption import PreemptionGuard
+
+    before = signal.getsignal(signal.SIGTERM)
+    with PreemptionGuard() as guard:
+        assert not guard.should_stop(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+        assert guard.should_stop(2) and guard.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == before
