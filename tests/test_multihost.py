@@ -117,3 +117,4 @@ def test_evaluation_gathers_the_results_of_both_processes(runs):
     for record in records:  # every process reports the whole split, as one process does
         assert record["dev"] == reference["dev"] and record["dev"]["utterances"] == 8
         assert record["hypotheses"] == reference["hypotheses"]
+        assert record["gathered"] == [dev[0::2], dev[1::2]]
