@@ -214,3 +214,22 @@ def test_preemption_guard_turns_sigterm_into_a_request_and_restores_the_handler(
         time.sleep(0.05)  # the handler runs between bytecodes of the main thread
         assert guard.should_stop(2) and guard.signal_name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_checkpoints_from_before_manifests_are_read_unverified(tmp_path, straight):
+    from train.checkpoint import Checkpoints
+
+    workdir = tmp_path / "old"
+    shutil.copytree(straight, workdir)
+    for step in checkpoint_steps(workdir):
+        (workdir / "checkpoints" / str(step) / integrity.MANIFEST).unlink()
+    checkpoints = Checkpoints(workdir / "checkpoints", 3)
+    try:
+        assert checkpoints.set_aside_damaged() == [] and checkpoints.latest_step() == 20
+        checkpoints.verify(20)  # no error: no checkpoint of this run has a manifest
+        (workdir / "checkpoints" / "10" / integrity.MANIFEST).write_text("{}")  # now the run writes them
+        checkpoints._verified.clear()
+        with pytest.raises(integrity.DamagedCheckpointError, match="absent: the save never finished"):
+            checkpoints.verify(20)
+    finally:
+        checkpoints.close()

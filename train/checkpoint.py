@@ -5,11 +5,13 @@ Layout: <workdir>/checkpoints/<step>/{state, config}. ``state`` is the TrainStat
 config as JSON. An interrupted save leaves only a temporary folder that orbax ignores. Once a save has
 finished, <step>/manifest.json records every file's size and sha256 (train.integrity); a checkpoint is
 verified against it before it is read, and ``set_aside_damaged`` moves damaged ones out of the way so that
-training resumes from the newest intact one.
+training resumes from the newest intact one. A checkpoint without a manifest counts as half-written when an
+older one of the run has a manifest; otherwise it predates manifests and is read unverified.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -21,6 +23,8 @@ import orbax.checkpoint as ocp
 from train import integrity
 
 __all__ = ["CheckpointMismatchError", "Checkpoints"]
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -89,7 +93,7 @@ class Checkpoints:
         if step in self._verified:
             return
         try:
-            integrity.verify(self.directory / str(step), step)
+            self._verify_files(step)
             self._verified.add(step)
         except integrity.DamagedCheckpointError as error:
             intact = self.newest_intact_step(below=step)
@@ -98,12 +102,26 @@ class Checkpoints:
                 error.step, error.directory, error.file, error.reason + hint
             ) from None
 
+    def _verify_files(self, step: int) -> None:
+        # No manifest is a half-written save only where the run writes manifests, i.e. an older checkpoint
+        # has one; without any, the checkpoint predates manifests and is read unverified (with a warning).
+        if not (self.directory / str(step) / integrity.MANIFEST).exists() and not any(
+            (self.directory / str(older) / integrity.MANIFEST).exists()
+            for older in self.manager.all_steps()
+            if older < step
+        ):
+            logger.warning(
+                "checkpoint step %d has no %s (older format): read unverified", step, integrity.MANIFEST
+            )
+            return
+        integrity.verify(self.directory / str(step), step)
+
     def newest_intact_step(self, below: int | None = None) -> int | None:
         for step in sorted(self.manager.all_steps(), reverse=True):
             if below is not None and step >= below:
                 continue
             try:
-                integrity.verify(self.directory / str(step), step)
+                self._verify_files(step)
             except integrity.DamagedCheckpointError:
                 continue
             return step
@@ -116,7 +134,7 @@ class Checkpoints:
         damaged = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                integrity.verify(self.directory / str(step), step)
+                self._verify_files(step)
                 break
             except integrity.DamagedCheckpointError as error:
                 damaged.append(error)
