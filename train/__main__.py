@@ -72,6 +72,7 @@ class Run:
         self.config, self.workdir = config, workdir
         self.tokenizer = self.stats = None
         self.examples: dict[str, list] = {}
+        self.reports: dict = {}  # split -> screen.DataReport (the utterances skipped as unusable)
 
     def prepare(self, split: str) -> list:
         from train import prepare
@@ -79,7 +80,7 @@ class Run:
         if split not in self.examples:
             started = time.perf_counter()
             self.examples[split], self.tokenizer, self.stats = prepare.prepare_split(
-                self.config, self.workdir, split, self.tokenizer, self.stats
+                self.config, self.workdir, split, self.tokenizer, self.stats, reports=self.reports
             )
             _say(
                 f"{split}: {len(self.examples[split])} utterances ready "
@@ -129,7 +130,7 @@ class Run:
 def _eval_split(
     run: Run, model, variables, split: str, beam: int, streaming: bool, limit: int | None
 ) -> dict:
-    from train.evaluate import evaluate
+    from train.multihost import evaluate  # one process: train.evaluate.evaluate; several: gathered
     from train.prepare import bucket_frames_for
 
     examples = run.prepare(split)[: limit or None]
@@ -189,6 +190,7 @@ def cmd_fit(args) -> dict:
         blank=run.tokenizer.blank_id,
         must_match=_must_match(config, run.num_symbols),
         on_eval=on_eval,
+        records=[run.reports["train"].record()] if "train" in run.reports else [],
         progress=not args.quiet,
         time_limit=args.time_limit,
     )
@@ -202,6 +204,13 @@ def cmd_fit(args) -> dict:
         f"trained to step {summary['steps']} in {summary['train_seconds']} s "
         f"(skipped non-finite steps: {result.skipped})"
     )
+    if result.preempted:
+        summary["preempted"] = result.preempted
+        _say(
+            f"stopped by {result.preempted} at step {summary['steps']}: checkpoint saved in "
+            f"{workdir / 'checkpoints'}; run the same command to resume"
+        )
+        return summary
     if not args.no_eval:
         rates = _eval_split(run, model, {"params": result.state.params}, "dev", 0, False, args.eval_limit)
         _print_rates(rates)
@@ -301,6 +310,8 @@ def cmd_main(args) -> dict:
     summary = {"workdir": str(workdir)}
     fit_summary = cmd_fit(args)
     summary.update(fit_summary)
+    if fit_summary.get("preempted"):
+        return summary
 
     run = Run(_config_for(args), workdir)
     run.load_frontend()

@@ -104,6 +104,8 @@ class DataConfig:
     batch_size: utterances per step (global, over all devices); num_buckets: static batch shapes by length.
     spec_augment: apply torchaudio's recipe masks (frequency masks, time masks) to training batches; the
         next five fields are ``train.data.spec_augment``'s arguments of the same names.
+    strict: an unusable utterance (undecodable, empty or silent audio, a transcript the tokenizer cannot
+        encode) is an error; by default it is skipped, named in the log and counted in the metrics.
     """
 
     train: str = "synth"
@@ -122,6 +124,7 @@ class DataConfig:
     num_time_masks: int = 2
     time_mask_width: int = 100
     max_time_mask_fraction: float = 0.2
+    strict: bool = False
 
     def spec_augment_arguments(self) -> dict:
         """The keyword arguments of ``train.data.spec_augment`` this config sets."""

@@ -391,6 +391,7 @@ def batches(
     pad_value: float = 0.0,
     target_pad_id: int = 0,
     start: int = 0,
+    rows: slice | None = None,
 ) -> Iterator[Batch]:
     """Padded batches of one epoch (see ``plan_batches`` for the order), from batch number ``start`` on.
 
@@ -403,6 +404,8 @@ def batches(
         context R of the last segment, in input frames: R * time_reduction_stride for an Emformer RNN-T).
         streamformer's Emformer takes the features as (B, T + R, D) with lengths = valid frames (after time
         reduction: feature_lengths // stride); torchaudio's counts the right context in its lengths.
+    rows: build only these rows of every batch (a process's share of the global batch, with several hosts):
+        the Batch then has rows.stop - rows.start rows, and only their examples are read.
     """
     if right_pad_frames < 0:
         raise ValueError(f"right_pad_frames: expected >= 0, got {right_pad_frames}")
@@ -424,24 +427,27 @@ def batches(
     plan = plan_batches(
         lengths, batch_size, bucket_frames, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last
     )
+    share = rows if rows is not None else slice(0, batch_size)
     for indices in plan[start:]:
         b = int(bucket[indices[0]])
-        rows = list(indices) + [indices[0]] * (batch_size - len(indices))
+        all_rows = list(indices) + [indices[0]] * (batch_size - len(indices))
+        all_ids = tuple(examples[i].id for i in indices) + ("",) * (batch_size - len(indices))
+        rows_here = all_rows[share]
         features = np.full(
-            (batch_size, bucket_frames[b] + right_pad_frames, num_features), pad_value, np.float32
+            (len(rows_here), bucket_frames[b] + right_pad_frames, num_features), pad_value, np.float32
         )
-        targets = np.full((batch_size, bucket_targets[b]), target_pad_id, np.int32)
-        for r, i in enumerate(rows):
+        targets = np.full((len(rows_here), bucket_targets[b]), target_pad_id, np.int32)
+        for r, i in enumerate(rows_here):
             example = examples[i]
             features[r, : lengths[i]] = example.features
             targets[r, : target_lengths[i]] = example.targets
         yield Batch(
             features=features,
-            feature_lengths=lengths[rows].astype(np.int32),
+            feature_lengths=lengths[rows_here].astype(np.int32),
             targets=targets,
-            target_lengths=target_lengths[rows].astype(np.int32),
-            valid=np.arange(batch_size) < len(indices),
-            ids=tuple(examples[i].id for i in indices) + ("",) * (batch_size - len(indices)),
+            target_lengths=target_lengths[rows_here].astype(np.int32),
+            valid=(np.arange(batch_size) < len(indices))[share],
+            ids=all_ids[share],
         )
 
 

@@ -29,6 +29,8 @@ from streamformer.rnnt_loss import rnnt_loss_from_encodings
 from train import data as data_lib
 from train.checkpoint import Checkpoints, abstract_like
 from train.config import Config, ModelConfig, OptimConfig, to_dict
+from train.preemption import PreemptionGuard
+from train.tensorboard import summary_writer
 
 __all__ = [
     "TrainState",
@@ -243,14 +245,30 @@ class Mesh1D:
                 f"data.batch_size: expected a multiple of the device count {self.size}, got {batch_size}"
             )
 
-    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """A global numpy batch (the same on every process) as arrays sharded on the batch axis."""
-        rows = jax.process_count()
-        index = jax.process_index()
+    def local_rows(self, batch_size: int) -> slice:
+        """The rows of a global batch of ``batch_size`` that this process's devices hold (all of them with
+        one process): the only rows this process builds."""
+        self.check_batch_size(batch_size)
+        spans = self.batch_sharding.addressable_devices_indices_map((batch_size,)).values()
+        begin = min(span[0].indices(batch_size)[0] for span in spans)
+        end = max(span[0].indices(batch_size)[1] for span in spans)
+        if end - begin != batch_size // self.size * len(spans):
+            raise ValueError(f"devices: this process's devices hold rows that are not contiguous: {spans}")
+        return slice(begin, end)
+
+    def put_batch(self, batch: dict[str, np.ndarray], batch_size: int | None = None) -> dict[str, jax.Array]:
+        """Arrays sharded on the batch axis from numpy arrays holding either the whole global batch of
+        ``batch_size`` rows (default: the rows given) or only this process's rows (``local_rows``)."""
 
         def put(x):
-            local = np.array_split(x, rows)[index] if rows > 1 else x
-            return jax.make_array_from_process_local_data(self.batch_sharding, local, x.shape)
+            total = batch_size or x.shape[0]
+            rows = self.local_rows(total)
+            local = x[rows] if x.shape[0] == total else x
+            if local.shape[0] != rows.stop - rows.start:
+                raise ValueError(
+                    f"batch: expected {total} rows or this process's {rows.stop - rows.start}, got {x.shape[0]}"
+                )
+            return jax.make_array_from_process_local_data(self.batch_sharding, local, (total, *x.shape[1:]))
 
         return {k: put(v) for k, v in batch.items()}
 
@@ -300,12 +318,8 @@ class MetricsLog:
                 if record.get("step", 0) <= resume_step:
                     kept.append(line + "\n")
             atomic_write_text(self.path, "".join(kept))
-        try:
-            from tensorboardX import SummaryWriter  # optional
-
-            self.writer = SummaryWriter(str(self.path.parent / "tensorboard"))
-        except ImportError:
-            self.writer = None
+        purge = resume_step + 1 if resume_step else None  # TensorBoard drops what a resumed run redoes
+        self.writer = summary_writer(self.path.parent / "tensorboard", purge_step=purge)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -376,13 +390,21 @@ class FitResult:
     losses: dict[int, float]  # step -> training loss of that step (steps run in this call)
     skipped: int
     seconds: float
+    preempted: str | None = None  # the signal that stopped training early (checkpoint saved), if any
 
 
 def batch_stream(
-    examples, config: Config, bucket_frames: list[int], right_pad: int, start_step: int, pad_id: int = 0
+    examples,
+    config: Config,
+    bucket_frames: list[int],
+    right_pad: int,
+    start_step: int,
+    pad_id: int = 0,
+    rows: slice | None = None,
 ) -> Iterator[tuple[int, data_lib.Batch]]:
     """(step, batch) from ``start_step`` on. The batch of step s is a pure function of (seed, s): epoch
-    s // batches_per_epoch, position s % batches_per_epoch of that epoch's plan."""
+    s // batches_per_epoch, position s % batches_per_epoch of that epoch's plan. ``rows``: only these rows
+    of each batch (this process's share, ``Mesh1D.local_rows``)."""
     data, seed = config.data, config.loop.seed
     lengths = [e.features.shape[0] for e in examples]
     per_epoch = len(data_lib.plan_batches(lengths, data.batch_size, bucket_frames, seed=seed, epoch=0))
@@ -403,6 +425,7 @@ def batch_stream(
             right_pad_frames=right_pad,
             target_pad_id=pad_id,
             start=position,
+            rows=rows,
         ):
             yield step, batch
             step += 1
@@ -419,6 +442,7 @@ def fit(
     must_match: dict,
     stop_at: int | None = None,
     on_eval: Callable[[TrainState, int], dict] | None = None,
+    records: list[dict] = (),
     progress: bool = True,
     time_limit: float | None = None,
     devices=None,
@@ -429,6 +453,7 @@ def fit(
     must_match: config parts a checkpoint must share to be resumed (see Checkpoints).
     stop_at: stop (after checkpointing) at this step, before config.loop.steps (for tests and time limits).
     on_eval: called every loop.eval_every steps with (state, step); its dict is logged.
+    records: logged once at the start (e.g. the data screening's report, kind "data").
     time_limit: seconds; training stops (with a checkpoint) at the first step past it.
     """
     loop = config.loop
@@ -440,6 +465,7 @@ def fit(
     train_step = mesh.jit_train_step(make_train_step(model, optimizer, config, blank))
 
     checkpoints = Checkpoints(workdir / "checkpoints", loop.keep_checkpoints, must_match)
+    checkpoints.set_aside_damaged()
     abstract = jax.eval_shape(lambda: init_state(model, optimizer, loop.seed))
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_like(abstract, mesh.replicated))
@@ -449,6 +475,8 @@ def fit(
     if lead:  # written once the checkpoint (if any) proved compatible
         save_json(workdir / "config.json", to_dict(config))
     metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=lead)
+    for record in records:
+        metrics_log.write({"step": start, **record})
     end = min(loop.steps, stop_at) if stop_at is not None else loop.steps
     bar = Progress(end, start, enabled=progress and lead)
     config_json = {**to_dict(config), "num_symbols": model.num_symbols}
@@ -456,6 +484,7 @@ def fit(
     losses: dict[int, float] = {}
     window = {"loss": 0.0, "utterances": 0.0, "frames": 0.0, "n": 0, "time": time.perf_counter()}
     pending = None  # the previous step's metrics, read after the next step is dispatched
+    preempted = None
 
     counts = {
         "in_a_row": int(jax.device_get(state.nonfinite_in_a_row)),
@@ -503,15 +532,22 @@ def fit(
             window.update(loss=0.0, utterances=0.0, frames=0.0, n=0, time=time.perf_counter())
 
     started = time.perf_counter()
+    guard = PreemptionGuard()
     try:
+        guard.__enter__()
         if start < end:
-            stream = batch_stream(train_examples, config, bucket_frames, model.right_context_length, start)
+            rows = mesh.local_rows(config.data.batch_size)  # this process builds and puts only its rows
+            stream = batch_stream(
+                train_examples, config, bucket_frames, model.right_context_length, start, rows=rows
+            )
             for step, batch in stream:
-                state, metrics = train_step(state, mesh.put_batch(device_batch(batch)))
+                batch = mesh.put_batch(device_batch(batch), config.data.batch_size)
+                state, metrics = train_step(state, batch)
                 if pending is not None:
                     settle(*pending)
                 pending = (step, metrics)
                 done = step + 1
+                checkpoints.seal()
                 if loop.checkpoint_every and done % loop.checkpoint_every == 0 and done < end:
                     checkpoints.save(done, state, config_json)
                 if on_eval is not None and loop.eval_every and done % loop.eval_every == 0 and done < end:
@@ -521,17 +557,25 @@ def fit(
                 if time_limit is not None and time.perf_counter() - started > time_limit and done < end:
                     metrics_log.write({"step": done, "kind": "stop", "reason": f"time limit {time_limit} s"})
                     end = done
+                if done < end and guard.should_stop(done):
+                    metrics_log.write({"step": done, "kind": "stop", "reason": guard.signal_name})
+                    end, preempted = done, guard.signal_name
                 if done >= end:
                     break
             if pending is not None:
                 settle(*pending)
             checkpoints.save(end, state, config_json)
     finally:
+        guard.__exit__()
         checkpoints.close()
         metrics_log.close()
         bar.close()
     return FitResult(
-        state=state, losses=losses, skipped=counts["skipped"], seconds=time.perf_counter() - started
+        state=state,
+        losses=losses,
+        skipped=counts["skipped"],
+        seconds=time.perf_counter() - started,
+        preempted=preempted,
     )
 
 
