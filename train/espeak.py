@@ -22,10 +22,11 @@ Layout (``build_corpus(root, config)``), LibriSpeech's, read by ``train.data.lis
     root/<split>.alignments.json: {utterance id: [[word, start s, end s], ...]} from espeak-ng's word events
     root/speakers.json: speaker number -> voice, split use; root/corpus.json: config, sizes, build time.
 
-Synthesis runs on all cores. libespeak-ng keeps static state (e.g. its pitch-flutter phase) across calls, so
-an utterance's samples depend on what the library spoke before: utterances are synthesised in fixed shards of
-``SHARD_SIZE``, each by a freshly loaded private copy of the library, so the corpus is a pure function of the
-config whatever the number of cores.
+Synthesis runs on all cores. libespeak-ng keeps static state (e.g. its pitch-flutter phase) across calls and
+draws noise from the C library's rand(), so an utterance's samples depend on what the process spoke before:
+utterances are synthesised in fixed shards of ``SHARD_SIZE``, each by a freshly loaded private copy of the
+library, with rand() seeded per utterance, so the corpus is a pure function of the config whatever the number
+of cores.
 
 Example:
     >>> from train.espeak import EspeakCorpusConfig, build_corpus
@@ -76,8 +77,9 @@ VOICES = (
     "en-029",
     "en-us-nyc",
 )
-# Voice variants (espeak-ng-data/voices/!v): timbre, formants, breathiness. The unseen ones never occur in
-# train or dev.
+# Voice variants (espeak-ng-data/voices/!v): timbre, formants, pitch, roughness, flutter. The unseen ones never
+# occur in train or dev. Variants with a "breath" setting (f2, f3, f5, Alicia, victor, whisper, ...) are left
+# out: their breath noise differs from run to run (measured), which would break determinism.
 SEEN_VARIANTS = (
     "",
     "m1",
@@ -86,15 +88,15 @@ SEEN_VARIANTS = (
     "m5",
     "m6",
     "f1",
-    "f2",
-    "f3",
     "klatt",
     "Andy",
     "Annie",
     "edward",
     "steph",
+    "anika",
+    "belinda",
 )
-UNSEEN_VARIANTS = ("m4", "m7", "f4", "Gene", "linda")
+UNSEEN_VARIANTS = ("m4", "m7", "f4", "Gene", "linda", "aunty")
 SHARD_SIZE = 24
 _SPLIT_NUMBERS = {"train": 1, "dev": 2, "test": 3}
 
@@ -446,6 +448,17 @@ def _word_times(
     return out
 
 
+def _seed_libc_rand(seed: int) -> None:
+    """libespeak-ng draws from the C library's rand() (noise sources), process-global state: seed it."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None)
+    _LIBC.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
+
+
+_LIBC = None
+
+
 def _render_shard(specs: list[_Spec], config: EspeakCorpusConfig, staging: str) -> list[dict]:
     """Synthesise, degrade and write one shard's utterances (in a fresh process); their metadata."""
     import soundfile
@@ -463,6 +476,7 @@ def _render(
     engine: EspeakEngine, spec: _Spec, config: EspeakCorpusConfig, staging: str, soundfile, resample
 ) -> dict:
     if True:
+        _seed_libc_rand(spec.seed[2])
         samples, events = engine.speak(spec.text, spec.voice, spec.rate, spec.pitch, spec.pitch_range)
         if samples.size == 0:
             raise RuntimeError(f"espeak-ng produced no audio for {spec.id} ({spec.text!r}, {spec.voice})")
