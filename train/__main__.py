@@ -420,6 +420,9 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument(
         "--eval-limit", type=int, default=None, help="--data espeak: dev utterances in the learning curve"
     )
+    job.add_argument(
+        "--test-limit", type=int, default=None, help="--data espeak: first N test utterances per condition"
+    )
     return parser
 
 

@@ -277,6 +277,7 @@ class EspeakCorpusConfig:
     Ranges are (low, high), drawn uniformly per utterance.
 
     seed: of the sentence split and of every utterance's speaker, prosody and acoustics.
+    words_per_sentence: the sentences kept (inclusive range of words).
     max_sentences: use only the first N sentences of the seeded shuffle (0: all); small builds for tests.
     dev_sentences, test_sentences: sentences held out for dev and test (the rest train).
     train_renditions: utterances per training sentence, each by its own random seen speaker.
@@ -289,6 +290,7 @@ class EspeakCorpusConfig:
     """
 
     seed: int = 0
+    words_per_sentence: tuple[int, int] = (4, 14)
     max_sentences: int = 0
     dev_sentences: int = 150
     test_sentences: int = 200
@@ -344,7 +346,7 @@ def _speakers(config: EspeakCorpusConfig) -> list[tuple[str, bool]]:
 
 
 def _plan(config: EspeakCorpusConfig) -> list[_Spec]:
-    sentences = load_sentences()
+    sentences = load_sentences(*config.words_per_sentence)
     splits = split_sentences(sentences, config.seed, config.dev_sentences, config.test_sentences)
     if config.max_sentences:
         fraction = config.max_sentences / len(sentences)

@@ -113,7 +113,7 @@ def run_speech_job(args) -> dict:
     for speakers, which in (("seen", run), ("unseen", unseen_run)):
         for beam in (0, args.beam):
             for streaming in (False, True):
-                rates = cli._eval_split(which, model, variables, "test", beam, streaming, None)
+                rates = cli._eval_split(which, model, variables, "test", beam, streaming, args.test_limit)
                 rates["speakers"] = speakers
                 _say(f"{speakers} speakers: " + _rates_line(rates))
                 results.append(rates)
