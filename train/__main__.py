@@ -241,45 +241,26 @@ def cmd_eval(args) -> dict:
 
 
 def transcribe_file(run: Run, model, variables, path: str, beam: int = 0, out=None) -> str:
-    """Streams an audio file through the model segment by segment, printing the transcript as it grows."""
-    import numpy as np
+    """Streams an audio file through the model segment by segment, printing the transcript as it grows
+    (train.transcribe.transcribe_file: any rate and channel count, long files in chunks)."""
+    from train.transcribe import transcribe_file as stream_file
 
-    from streamformer.decoding import StreamingDecoder, stream_segments
-    from train.data import load_audio
-    from train.prepare import log_mel_features, normalize
-
-    out = out or sys.stdout
-    audio = load_audio(path)
-    features = normalize(log_mel_features([audio])[0], run.stats)[None]
-    decoder = StreamingDecoder(
-        model, variables, greedy=beam == 0, beam_width=max(beam, 1), blank=run.tokenizer.blank_id
-    )
-    state = decoder.init(1)
-    S, R = model.segment_length, model.right_context_length
-    text, started = "", time.perf_counter()
-    for i, (chunk, lengths) in enumerate(stream_segments(features, np.array([features.shape[1]]), S, R)):
-        state = decoder.step(state, chunk, lengths)
-        result = decoder.result(state)[0]
-        partial = run.tokenizer.decode(result if beam == 0 else (result[0].tokens if result else []))
-        if partial != text:
-            text = partial
-            print(f"[{(i + 1) * S / 100:5.2f} s] {text}", file=out, flush=True)
-    seconds = time.perf_counter() - started
-    print(f"final: {text}", file=out, flush=True)
-    _say(
-        f"{path}: {audio.size / 16000:.2f} s of audio streamed in {seconds:.2f} s "
-        f"({-(-features.shape[1] // S)} segments of {S} frames + {R} look-ahead)"
-    )
-    return text
+    return stream_file(run, model, variables, path, beam, out)
 
 
 def cmd_transcribe(args) -> dict:
+    from train.transcribe import enable_compilation_cache, transcribe_files
+
+    _say(f"compilation cache: {enable_compilation_cache(args.compilation_cache)}")
     run = Run(_config_for(args), Path(args.workdir))
     run.load_frontend()
     model, variables, _ = run.restore_variables(args.step)
-    return {
-        "transcripts": {path: transcribe_file(run, model, variables, path, args.beam) for path in args.files}
-    }
+    transcripts, errors = transcribe_files(run, model, variables, args.files, args.beam)
+    if errors:
+        raise ValueError(
+            f"{len(errors)} of {len(args.files)} file(s) could not be transcribed: {sorted(errors)}"
+        )
+    return {"transcripts": transcripts}
 
 
 def cmd_stats(args) -> dict:
@@ -303,6 +284,10 @@ def cmd_main(args) -> dict:
     from train import synth
     from train.trainer import save_json
 
+    if args.data == "espeak":
+        from train.recipe import run_speech_job
+
+        return run_speech_job(args)
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     workdir = Path(args.workdir)
     args.preset = args.preset or "tiny"
@@ -411,7 +396,9 @@ def _parser() -> argparse.ArgumentParser:
 
     transcribe = commands.add_parser("transcribe", help="stream audio files through a checkpoint")
     common(transcribe)
-    transcribe.add_argument("files", nargs="+", help="wav or flac files (16 kHz; others are resampled)")
+    transcribe.add_argument(
+        "files", nargs="+", help="audio files (WAV, FLAC, OGG...; any rate and channel count, any length)"
+    )
     transcribe.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
     transcribe.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
 
@@ -430,6 +417,24 @@ def _parser() -> argparse.ArgumentParser:
     common(job, workdir_default="runs/main")
     job.add_argument("--time-limit", type=float, default=480.0, help="training time budget in seconds")
     job.add_argument("--quiet", action="store_true", help="no progress line")
+    job.add_argument(
+        "--data",
+        choices=["synth", "espeak"],
+        default="synth",
+        help="synth: the embedded dataset; espeak: real English read by espeak-ng voices (preset speech)",
+    )
+    job.add_argument("--corpus", default=None, help="--data espeak: corpus folder (default <workdir>/corpus)")
+    job.add_argument("--corpus-seed", type=int, default=0, help="--data espeak: the corpus's seed")
+    job.add_argument(
+        "--corpus-sentences", type=int, default=0, help="--data espeak: use N sentences only (0: all)"
+    )
+    job.add_argument("--beam", type=int, default=4, help="--data espeak: beam width of the beam evaluation")
+    job.add_argument(
+        "--eval-limit", type=int, default=None, help="--data espeak: dev utterances in the learning curve"
+    )
+    job.add_argument(
+        "--test-limit", type=int, default=None, help="--data espeak: first N test utterances per condition"
+    )
     return parser
 
 

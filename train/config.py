@@ -219,7 +219,34 @@ def _conv_tiny() -> Config:
     return dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, kind="conv_emformer"))
 
 
-PRESETS = {"tiny": _tiny, "conv_tiny": _conv_tiny, "base": _base}
+def _speech() -> Config:
+    """A small Emformer RNN-T (0.7 M parameters) for real speech on a few CPU cores: the espeak-ng corpus
+    (``main --data espeak``, train/espeak.py) or LibriSpeech. The settings of the best short run on 2 shared
+    cores (benchmarks/speech_recipe.md, run C); a longer run should raise loop.steps (the cosine decay spans
+    them)."""
+    return Config(
+        model=ModelConfig(
+            encoding_dim=128,
+            segment_length=32,
+            right_context_length=16,
+            time_reduction_input_dim=32,
+            time_reduction_stride=4,
+            transformer_num_heads=4,
+            transformer_ffn_dim=384,
+            transformer_num_layers=3,
+            transformer_dropout=0.1,
+            transformer_left_context_length=30,
+            symbol_embedding_dim=128,
+            num_lstm_layers=1,
+            lstm_dropout=0.1,
+        ),
+        optim=OptimConfig(lr=3e-3, warmup_steps=100, decay="cosine", loss_reduction="mean"),
+        data=DataConfig(vocab_size=64, batch_size=8, num_buckets=4, spec_augment=False),
+        loop=LoopConfig(steps=1200, log_every=10, checkpoint_every=500, eval_every=200),
+    )
+
+
+PRESETS = {"tiny": _tiny, "conv_tiny": _conv_tiny, "base": _base, "speech": _speech}
 
 
 def preset(name: str) -> Config:

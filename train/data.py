@@ -19,6 +19,7 @@ Audio I/O needs the optional ``soundfile`` package (``pip install 'streamformer[
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -111,6 +112,22 @@ class EspeakNotFoundError(RuntimeError):
 # Audio.
 
 
+@functools.lru_cache(maxsize=8)
+def _resample_table(up: int, down: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """resample's polyphase filter (built once per rate pair: np.i0 over it costs more than the filtering)."""
+    cutoff = 0.945 * min(1.0, up / down)  # in cycles per input sample, relative to the input Nyquist
+    half_width = 32 / cutoff  # filter half-length in input samples
+    reach = int(math.ceil(half_width))
+    offsets = np.arange(-reach + 1, reach + 1)  # input taps around floor(t)
+    # phase p: output time t = i0 + p / up (input samples); tap k sits at distance k - p / up.
+    distance = offsets[None, :] - np.arange(up)[:, None] / up
+    beta = 12.0
+    inside = np.clip(1 - (distance / half_width) ** 2, 0, None)
+    table = cutoff * np.sinc(cutoff * distance) * np.i0(beta * np.sqrt(inside)) / np.i0(beta)
+    table[np.abs(distance) > half_width] = 0.0
+    return reach, offsets, table
+
+
 def resample(waveform: np.ndarray, orig_sample_rate: int, target_sample_rate: int) -> np.ndarray:
     """Resample (N,) audio by a rational factor with a Kaiser-windowed sinc (polyphase).
 
@@ -128,16 +145,7 @@ def resample(waveform: np.ndarray, orig_sample_rate: int, target_sample_rate: in
         return x.astype(np.float32)
     g = math.gcd(orig_sample_rate, target_sample_rate)
     up, down = target_sample_rate // g, orig_sample_rate // g
-    cutoff = 0.945 * min(1.0, up / down)  # in cycles per input sample, relative to the input Nyquist
-    half_width = 32 / cutoff  # filter half-length in input samples
-    reach = int(math.ceil(half_width))
-    offsets = np.arange(-reach + 1, reach + 1)  # input taps around floor(t)
-    # phase p: output time t = i0 + p / up (input samples); tap k sits at distance k - p / up.
-    distance = offsets[None, :] - np.arange(up)[:, None] / up
-    beta = 12.0
-    inside = np.clip(1 - (distance / half_width) ** 2, 0, None)
-    table = cutoff * np.sinc(cutoff * distance) * np.i0(beta * np.sqrt(inside)) / np.i0(beta)
-    table[np.abs(distance) > half_width] = 0.0
+    reach, offsets, table = _resample_table(up, down)
     num_out = int(math.ceil(x.size * up / down))
     padded = np.pad(x, (reach, reach + 1))
     out = np.empty(num_out)

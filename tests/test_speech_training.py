@@ -1,0 +1,97 @@
+"""Real speech end to end, small: a tiny espeak-ng build, a small model trained briefly through the CLI, the
+loss falling and the greedy transcripts overlapping the references; then the CLI transcribing a batch with
+bad files in it."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+
+from train.__main__ import main as cli
+from train.espeak import EspeakCorpusConfig, build_corpus
+
+# A small, easy build: short sentences, two accents, three variants, clean audio.
+CORPUS = EspeakCorpusConfig(
+    seed=1,
+    words_per_sentence=(4, 7),
+    max_sentences=10,
+    train_renditions=4,
+    voices=("en-us", "en"),
+    seen_variants=("", "m1", "f1"),
+    unseen_variants=("m3",),
+    noise_snr_db=(25.0, 35.0),
+    reverb_probability=0.0,
+)
+SETTINGS = [
+    "model.encoding_dim=96",
+    "model.time_reduction_input_dim=32",
+    "model.transformer_num_heads=4",
+    "model.transformer_ffn_dim=192",
+    "model.transformer_num_layers=2",
+    "model.symbol_embedding_dim=64",
+    "model.segment_length=16",
+    "model.right_context_length=8",
+    "model.transformer_dropout=0.0",
+    "model.lstm_dropout=0.0",
+    "data.vocab_size=40",
+    "data.batch_size=8",
+    "data.num_buckets=2",
+    "data.spec_augment=false",
+    "optim.lr=4e-3",
+    "optim.warmup_steps=20",
+    "loop.steps=200",
+    "loop.log_every=10",
+    "loop.checkpoint_every=0",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = build_corpus(tmp_path_factory.mktemp("speech") / "corpus", CORPUS)
+    workdir = tmp_path_factory.mktemp("run")
+    overrides = SETTINGS + [f"data.train={root / 'train'}", f"data.dev={root / 'train'}"]
+    args = ["fit", "--workdir", str(workdir), "--preset", "tiny", "--quiet", "--no-eval"]
+    assert cli(args + [a for item in overrides for a in ("--set", item)]) == 0
+    return root, workdir
+
+
+def test_loss_falls_and_greedy_output_overlaps_the_reference(trained, capsys):
+    root, workdir = trained
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+    capsys.readouterr()
+    assert cli(["eval", "--workdir", str(workdir), "--split", "train", "--limit", "24"]) == 0
+    (result,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["utterances"] == 24 and result["cer"] < 0.6, result
+
+
+def test_transcribe_cli_goes_on_past_bad_files(trained, tmp_path, capsys):
+    root, workdir = trained
+    good = next((root / "train").rglob("*.flac"))
+    stereo = tmp_path / "stereo_44k.wav"
+    audio, _ = soundfile.read(good, dtype="float32")
+    soundfile.write(
+        stereo, np.stack([audio, audio], axis=1)[np.arange(0, audio.size, 16000 / 44100).astype(int)], 44100
+    )
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "junk.flac").write_bytes(b"not audio" * 50)
+    files = [
+        str(tmp_path / "missing.flac"),
+        str(good),
+        str(tmp_path / "empty.wav"),
+        str(stereo),
+        str(tmp_path / "junk.flac"),
+    ]
+    capsys.readouterr()
+    assert (
+        cli(["transcribe", "--workdir", str(workdir), "--compilation-cache", str(tmp_path / "cache"), *files])
+        == 2
+    )
+    captured = capsys.readouterr()
+    assert captured.out.count("final: ") == 2
+    assert "missing.flac: no such file" in captured.err and "empty.wav: empty file" in captured.err
+    assert "junk.flac: cannot decode audio" in captured.err
+    assert "3 of 5 file(s) could not be transcribed" in captured.err
+    assert "resampled 44100 Hz -> 16000 Hz" in captured.err and "down-mixed 2 channels" in captured.err

@@ -1,0 +1,220 @@
+"""Transcribing the audio files a user brings: ``python -m train transcribe --workdir RUN a.wav b.flac ...``.
+
+- Any sample rate and channel count soundfile reads (WAV, FLAC, OGG, ...): channels are averaged to mono and
+  the audio resampled to 16 kHz, both said in the log.
+- Long files are streamed: log-mel features are computed chunk by chunk through one compiled shape (the frames
+  equal the whole-file features), and each segment goes to the streaming decoder as soon as its look-ahead
+  frames exist; partial transcripts are printed as they change.
+- Silence gives an empty transcript (with a note), clipping a warning; neither stops anything.
+- A missing, empty or undecodable file gets one line naming the file and why, and the batch goes on.
+- The real-time factor is measured after the first segment, which carries the compilation; JAX's persistent
+  compilation cache (``enable_compilation_cache``) makes the first segment of later runs come fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+__all__ = [
+    "AudioInputError",
+    "DEFAULT_CACHE_DIR",
+    "enable_compilation_cache",
+    "read_audio",
+    "stream_chunks",
+    "stream_features",
+    "transcribe_file",
+    "transcribe_files",
+]
+
+SAMPLE_RATE = 16000
+HOP = 160  # samples per feature frame (10 ms)
+_MARGIN = 2  # frames of context each side of a feature block: the 400-sample window reaches 200 samples out
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamformer" / "jax"
+
+
+class AudioInputError(ValueError):
+    """An input file that cannot be transcribed; the message names the file and the reason."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache in ``directory`` (default ~/.cache/streamformer/jax)."""
+    import jax
+
+    path = Path(directory) if directory else DEFAULT_CACHE_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
+def read_audio(path: str | os.PathLike, block_frames: int = 1 << 20) -> tuple[np.ndarray, str]:
+    """The file as mono float32 (N,) at 16 kHz and a note of what was done to it.
+
+    Reads block by block (long files never exist twice in memory at their original channel count). Raises
+    AudioInputError naming the file: no such file, a folder, an empty file, or one soundfile cannot decode.
+    """
+    from train.data import resample
+    from train.synth import import_soundfile
+
+    sf = import_soundfile()
+    path = Path(path)
+    if not path.exists():
+        raise AudioInputError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioInputError(f"{path}: is a folder, expected an audio file")
+    if path.stat().st_size == 0:
+        raise AudioInputError(f"{path}: empty file (0 bytes)")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            rate, channels = f.samplerate, f.channels
+            parts = [block.mean(axis=1) for block in f.blocks(block_frames, dtype="float32", always_2d=True)]
+    except (RuntimeError, TypeError, ValueError) as error:  # soundfile's LibsndfileError is a RuntimeError
+        raise AudioInputError(
+            f"{path}: cannot decode audio ({error}); expected a file soundfile reads (WAV, FLAC, OGG, ...)"
+        ) from None
+    mono = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+    if mono.size == 0:
+        raise AudioInputError(f"{path}: holds no audio samples ({rate} Hz, {channels} channel(s))")
+    notes = [f"{mono.size / rate:.2f} s, {rate} Hz, {channels} channel(s)"]
+    if channels > 1:
+        notes.append(f"down-mixed {channels} channels to mono")
+    if rate != SAMPLE_RATE:
+        mono = resample(mono, rate, SAMPLE_RATE)
+        notes.append(f"resampled {rate} Hz -> {SAMPLE_RATE} Hz")
+    peak = float(np.max(np.abs(mono)))
+    clipped = int(np.sum(np.abs(mono) >= 0.999))
+    if peak <= 1e-4:
+        notes.append("silent (peak <= 1e-4 of full scale): expect an empty transcript")
+    elif clipped > max(10, mono.size // 1000):
+        notes.append(f"warning: clipped ({clipped} samples at full scale)")
+    return mono, "; ".join(notes)
+
+
+def _block_features(window: np.ndarray):
+    from streamformer.features import log_mel_spectrogram
+
+    return log_mel_spectrogram(window[None], np.array([window.size], np.int32))[0]
+
+
+def stream_features(audio: np.ndarray, block_frames: int = 256) -> Iterator[np.ndarray]:
+    """Unnormalized log-mel frames (n, 80) of ``audio`` (N,) at 16 kHz, ``block_frames`` at a time.
+
+    Together they equal the whole-file features (N // 160 + 1 frames, torchaudio's centred frames with
+    reflect padding at the file's edges), but every block goes through one compiled shape whatever the
+    file's length: the audio is reflect-padded once, and each block's window carries 2 frames of context.
+    """
+    if audio.size < 201:  # under half a window (12.6 ms): the front end needs n_fft // 2 + 1 samples
+        audio = np.pad(audio, (0, 201 - audio.size))
+    num_frames = audio.size // HOP + 1
+    pad = _MARGIN * HOP
+    if audio.size <= pad:  # too short to reflect by 320 samples: the whole-utterance path
+        yield np.asarray(_block_features(audio.astype(np.float32)))[:num_frames]
+        return
+    padded = np.pad(audio.astype(np.float32), (pad, pad), mode="reflect")
+    width = (block_frames + 2 * _MARGIN) * HOP
+    for first in range(0, num_frames, block_frames):
+        window = padded[first * HOP : first * HOP + width]
+        if window.size < width:
+            window = np.pad(window, (0, width - window.size))
+        frames = np.asarray(_block_features(window))[_MARGIN : _MARGIN + block_frames]
+        yield frames[: num_frames - first]
+
+
+def stream_chunks(
+    frames: Iterator[np.ndarray], segment_length: int, right_context_length: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Segment chunks (1, S + R, F), lengths (1,) and the segment's end frame, each as soon as it can go.
+
+    The layout of ``train.evaluate.stream_segments`` (``segment_chunks``): S frames of the segment, then the R
+    frames after its valid frames (zeros past the end of the audio); the length counts valid frames + R.
+    """
+    S, R = segment_length, right_context_length
+    buffer: np.ndarray | None = None
+    start = 0  # absolute frame index of buffer[0]
+    finished = False
+    while True:
+        if not finished:
+            try:
+                block = next(frames)
+                buffer = block if buffer is None else np.concatenate([buffer, block])
+            except StopIteration:
+                finished = True
+        if buffer is None:
+            return
+        while buffer.shape[0] >= S + R or (finished and buffer.shape[0] > 0):
+            valid = min(S, buffer.shape[0])
+            chunk = np.zeros((1, S + R, buffer.shape[1]), np.float32)
+            chunk[0, :valid] = buffer[:valid]
+            look_ahead = buffer[valid : valid + R]
+            chunk[0, S : S + look_ahead.shape[0]] = look_ahead
+            yield chunk, np.array([valid + R], np.int32), start + valid
+            buffer, start = buffer[valid:], start + valid
+        if finished:
+            return
+
+
+def transcribe_file(run, model, variables, path: str, beam: int = 0, out: TextIO | None = None) -> str:
+    """Streams one audio file through the model, printing partial transcripts as segments arrive; the final
+    transcript. Raises AudioInputError (naming the file) for a file that cannot be read."""
+    from streamformer.decoding import StreamingDecoder
+    from train.prepare import normalize
+
+    out = out or sys.stdout
+    audio, notes = read_audio(path)
+    _say(f"{path}: {notes}")
+    decoder = StreamingDecoder(
+        model, variables, greedy=beam == 0, beam_width=max(beam, 1), blank=run.tokenizer.blank_id
+    )
+    state = decoder.init(1)
+    S, R = model.segment_length, model.right_context_length
+    frames = (normalize(block, run.stats) for block in stream_features(audio))
+    text, started, first_done, segments = "", time.perf_counter(), None, 0
+    for chunk, lengths, end in stream_chunks(frames, S, R):
+        state = decoder.step(state, chunk, lengths)
+        result = decoder.result(state)[0]
+        partial = run.tokenizer.decode(result if beam == 0 else (result[0].tokens if result else []))
+        segments += 1
+        if first_done is None:
+            first_done = (time.perf_counter(), end)
+        if partial != text:
+            text = partial
+            print(f"[{end / 100:6.2f} s] {text}", file=out, flush=True)
+    finished = time.perf_counter()
+    print(f"final: {text}", file=out, flush=True)
+    first_seconds = first_done[0] - started if first_done else finished - started
+    rest_audio = audio.size / SAMPLE_RATE - (first_done[1] / 100 if first_done else 0.0)
+    rtf = (finished - first_done[0]) / rest_audio if first_done and rest_audio > 0.5 else math.nan
+    _say(
+        f"{path}: {audio.size / SAMPLE_RATE:.2f} s of audio in {segments} segments of {S} frames + {R} "
+        f"look-ahead; first segment after {first_seconds:.2f} s (compilation included), then real-time "
+        f"factor {rtf:.3f}"
+    )
+    return text
+
+
+def transcribe_files(
+    run, model, variables, paths: Sequence[str], beam: int = 0, out: TextIO | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Transcribe each file; a bad one is reported (``error: <file>: <why>``) and the batch goes on.
+
+    Returns (transcripts by path, error messages by path)."""
+    transcripts, errors = {}, {}
+    for path in paths:
+        try:
+            transcripts[path] = transcribe_file(run, model, variables, path, beam, out)
+        except AudioInputError as error:
+            errors[path] = str(error)
+            _say(f"error: {error}")
+    return transcripts, errors
