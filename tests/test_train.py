@@ -74,7 +74,7 @@ def step_losses(workdir: Path) -> dict[int, float]:
 
 
 def final_params(workdir: Path, config: config_lib.Config):
-    from train.__main__ import Run
+    from train.run import Run
 
     run = Run(config, workdir)
     run.load_frontend()
@@ -264,7 +264,8 @@ def test_eval_and_transcribe_cli(trained, capsys, tmp_path):
 
 def test_resume_with_other_model_is_refused(trained):
     workdir, config = trained
-    from train.__main__ import Run, _must_match
+    from train.run import Run
+    from train.run import must_match as _must_match
 
     other = config_lib.apply_overrides(config, ["model.transformer_num_layers=2"])
     run = Run(other, workdir)
@@ -281,7 +282,7 @@ def test_resume_with_other_model_is_refused(trained):
 
 def test_config_that_does_not_fit_the_data(trained):
     workdir, config = trained
-    from train.__main__ import Run
+    from train.run import Run
 
     run = Run(config_lib.apply_overrides(config, ["model.num_symbols=10"]), workdir)
     run.load_frontend()

@@ -18,13 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+from train.run import Run, eval_split, must_match, print_rates
+from train.run import say as _say
+
 __all__ = ["main"]
 
 log = logging.getLogger("train")
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _cpu_seconds() -> float:
@@ -59,105 +58,6 @@ def _config_for(args):
     return apply_overrides(config, args.set or [])
 
 
-def _must_match(config, num_symbols: int) -> dict:
-    import dataclasses
-
-    return {"model": dataclasses.asdict(config.model), "num_symbols": num_symbols}
-
-
-class Run:
-    """What fit, eval and transcribe share: the config, data preparation, the model and its variables."""
-
-    def __init__(self, config, workdir: Path):
-        self.config, self.workdir = config, workdir
-        self.tokenizer = self.stats = None
-        self.examples: dict[str, list] = {}
-        self.reports: dict = {}  # split -> screen.DataReport (the utterances skipped as unusable)
-
-    def prepare(self, split: str) -> list:
-        from train import prepare
-
-        if split not in self.examples:
-            started = time.perf_counter()
-            self.examples[split], self.tokenizer, self.stats = prepare.prepare_split(
-                self.config, self.workdir, split, self.tokenizer, self.stats, reports=self.reports
-            )
-            _say(
-                f"{split}: {len(self.examples[split])} utterances ready "
-                f"in {time.perf_counter() - started:.1f} s"
-            )
-        return self.examples[split]
-
-    def load_frontend(self) -> None:
-        from train import prepare
-
-        self.tokenizer = prepare.tokenizer_for(self.config, self.workdir, None)
-        self.stats = prepare.global_stats_for(self.config, self.workdir, None)
-
-    @property
-    def num_symbols(self) -> int:
-        from train import prepare
-
-        return prepare.check_fits(self.config, self.tokenizer, self.stats)
-
-    def model(self):
-        from train.trainer import build_model
-
-        return build_model(self.config.model, self.num_symbols)
-
-    def restore_variables(self, step: int | None = None):
-        """The parameters of checkpoint ``step`` (default: the latest) as model variables."""
-        import jax
-
-        from train.checkpoint import Checkpoints, abstract_like
-        from train.trainer import Mesh1D, init_state, make_optimizer
-
-        model = self.model()
-        optimizer = make_optimizer(self.config.optim, self.config.loop.steps)
-        abstract = jax.eval_shape(lambda: init_state(model, optimizer, self.config.loop.seed))
-        checkpoints = Checkpoints(
-            self.workdir / "checkpoints",
-            self.config.loop.keep_checkpoints,
-            _must_match(self.config, self.num_symbols),
-        )
-        try:
-            state = checkpoints.restore(abstract_like(abstract, Mesh1D().replicated), step)
-        finally:
-            checkpoints.close()
-        return model, {"params": state.params}, int(state.step)
-
-
-def _eval_split(
-    run: Run, model, variables, split: str, beam: int, streaming: bool, limit: int | None
-) -> dict:
-    from train.multihost import evaluate  # one process: train.evaluate.evaluate; several: gathered
-    from train.prepare import bucket_frames_for
-
-    examples = run.prepare(split)[: limit or None]
-    started = time.perf_counter()
-    rates, hypotheses = evaluate(
-        model,
-        variables,
-        examples,
-        run.tokenizer,
-        beam_width=beam,
-        streaming=streaming,
-        bucket_frames=bucket_frames_for(run.config, examples),
-    )
-    rates.update(split=split, seconds=round(time.perf_counter() - started, 2))
-    pairs = list(zip(examples, hypotheses, strict=True))[:5]
-    rates["examples"] = [{"id": e.id, "reference": e.text, "hypothesis": h} for e, h in pairs]
-    return rates
-
-
-def _print_rates(rates: dict) -> None:
-    _say(
-        f"{rates['split']} {rates['mode']} {rates['search']}: WER {100 * rates['wer']:.2f}% "
-        f"CER {100 * rates['cer']:.2f}% ({rates['utterances']} utterances, {rates['words']} words, "
-        f"{rates['seconds']:.1f} s)"
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Commands
 
@@ -177,8 +77,8 @@ def cmd_fit(args) -> dict:
     if config.loop.eval_every:
 
         def on_eval(state, step):
-            rates = _eval_split(run, model, {"params": state.params}, "dev", 0, False, args.eval_limit)
-            _print_rates(rates)
+            rates = eval_split(run, model, {"params": state.params}, "dev", 0, False, args.eval_limit)
+            print_rates(rates)
             return {k: rates[k] for k in ("wer", "cer", "split", "search", "mode")}
 
     result = fit(
@@ -188,7 +88,7 @@ def cmd_fit(args) -> dict:
         train_examples,
         prepare.bucket_frames_for(config, train_examples),
         blank=run.tokenizer.blank_id,
-        must_match=_must_match(config, run.num_symbols),
+        must_match=must_match(config, run.num_symbols),
         on_eval=on_eval,
         records=[run.reports["train"].record()] if "train" in run.reports else [],
         progress=not args.quiet,
@@ -212,8 +112,8 @@ def cmd_fit(args) -> dict:
         )
         return summary
     if not args.no_eval:
-        rates = _eval_split(run, model, {"params": result.state.params}, "dev", 0, False, args.eval_limit)
-        _print_rates(rates)
+        rates = eval_split(run, model, {"params": result.state.params}, "dev", 0, False, args.eval_limit)
+        print_rates(rates)
         summary["dev"] = rates
     return summary
 
@@ -227,9 +127,9 @@ def cmd_eval(args) -> dict:
     results = []
     for split in args.split:
         for streaming in [False, True] if args.both else [args.streaming]:
-            rates = _eval_split(run, model, variables, split, args.beam, streaming, args.limit)
+            rates = eval_split(run, model, variables, split, args.beam, streaming, args.limit)
             rates["step"] = step
-            _print_rates(rates)
+            print_rates(rates)
             results.append(rates)
     save_json(Path(args.workdir) / f"eval_step{step}.json", results)
     print(
@@ -238,14 +138,6 @@ def cmd_eval(args) -> dict:
         )
     )
     return {"results": results}
-
-
-def transcribe_file(run: Run, model, variables, path: str, beam: int = 0, out=None) -> str:
-    """Streams an audio file through the model segment by segment, printing the transcript as it grows
-    (train.transcribe.transcribe_file: any rate and channel count, long files in chunks)."""
-    from train.transcribe import transcribe_file as stream_file
-
-    return stream_file(run, model, variables, path, beam, out)
 
 
 def cmd_transcribe(args) -> dict:
@@ -303,8 +195,8 @@ def cmd_main(args) -> dict:
     model, variables, step = run.restore_variables()
     results = []
     for streaming in (False, True):
-        rates = _eval_split(run, model, variables, "test", 0, streaming, None)
-        _print_rates(rates)
+        rates = eval_split(run, model, variables, "test", 0, streaming, None)
+        print_rates(rates)
         results.append(rates)
     summary["test"] = results
 
@@ -316,6 +208,8 @@ def cmd_main(args) -> dict:
         synth.write_librispeech([utterance], audio_dir)
     audio_path = next(audio_dir.rglob(f"{utterance.id}.flac"))
     _say(f"streaming {audio_path} (reference: {utterance.text!r})")
+    from train.transcribe import transcribe_file
+
     summary["transcribe"] = {
         "file": str(audio_path),
         "reference": utterance.text,

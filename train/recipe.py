@@ -19,18 +19,13 @@ from pathlib import Path
 __all__ = ["run_speech_job"]
 
 
-def _say(message: str) -> None:
-    import sys
-
-    print(message, file=sys.stderr, flush=True)
-
-
 def run_speech_job(args) -> dict:
     """The job behind ``main --data espeak``; ``args`` are the main command's parsed arguments."""
-    from train import __main__ as cli
     from train import espeak, prepare
     from train.config import apply_overrides, from_dict, preset
+    from train.run import Run, eval_split, must_match, say
     from train.trainer import fit, save_json
+    from train.transcribe import transcribe_file
 
     started = time.perf_counter()
     workdir = Path(args.workdir)
@@ -40,7 +35,7 @@ def run_speech_job(args) -> dict:
     build_started = time.perf_counter()
     espeak.build_corpus(corpus, corpus_config)
     summary_corpus = json.loads((corpus / "corpus.json").read_text())
-    _say(
+    say(
         f"corpus {corpus}: {summary_corpus['splits']['train']['hours']:.2f} h of training speech "
         f"({time.perf_counter() - build_started:.0f} s here; built in {summary_corpus['build_seconds']} s)"
     )
@@ -60,7 +55,7 @@ def run_speech_job(args) -> dict:
         ),
     )
     config = apply_overrides(config, args.set or [])
-    run = cli.Run(config, workdir)
+    run = Run(config, workdir)
     train_examples = run.prepare("train")
     prepare.check_finite(train_examples, "train")
     model = run.model()
@@ -71,11 +66,11 @@ def run_speech_job(args) -> dict:
     def on_eval(state, step):
         begin = time.perf_counter()
         minutes = (begin - clock["start"] - clock["eval"]) / 60
-        rates = cli._eval_split(run, model, {"params": state.params}, "dev", 0, False, args.eval_limit)
+        rates = eval_split(run, model, {"params": state.params}, "dev", 0, False, args.eval_limit)
         clock["eval"] += time.perf_counter() - begin
         point = {"step": step, "train_minutes": round(minutes, 2), "wer": rates["wer"], "cer": rates["cer"]}
         curve.append(point)
-        _say(
+        say(
             f"step {step} ({minutes:.1f} min of training): "
             f"dev WER {100 * rates['wer']:.1f}% CER {100 * rates['cer']:.1f}%"
         )
@@ -91,18 +86,18 @@ def run_speech_job(args) -> dict:
         train_examples,
         prepare.bucket_frames_for(config, train_examples),
         blank=run.tokenizer.blank_id,
-        must_match=cli._must_match(config, run.num_symbols),
+        must_match=must_match(config, run.num_symbols),
         on_eval=on_eval if config.loop.eval_every else None,
         progress=not args.quiet,
         time_limit=args.time_limit,
     )
     train_seconds = result.seconds - clock["eval"]
-    _say(
+    say(
         f"trained to step {int(result.state.step)} in {train_seconds:.0f} s (+{clock['eval']:.0f} s of dev evaluation)"
     )
 
     model, variables, step = run.restore_variables()
-    unseen_run = cli.Run(
+    unseen_run = Run(
         dataclasses.replace(
             config, data=dataclasses.replace(config.data, test=str(corpus / "test-unseen.jsonl"))
         ),
@@ -113,15 +108,15 @@ def run_speech_job(args) -> dict:
     for speakers, which in (("seen", run), ("unseen", unseen_run)):
         for beam in (0, args.beam):
             for streaming in (False, True):
-                rates = cli._eval_split(which, model, variables, "test", beam, streaming, args.test_limit)
+                rates = eval_split(which, model, variables, "test", beam, streaming, args.test_limit)
                 rates["speakers"] = speakers
-                _say(f"{speakers} speakers: " + _rates_line(rates))
+                say(f"{speakers} speakers: " + _rates_line(rates))
                 results.append(rates)
 
     entry = unseen_run.prepare("test")[0]
     audio_path = next(e.path for e in unseen_run_entries(corpus) if e.id == entry.id)
-    _say(f"streaming {audio_path} (reference: {entry.text!r})")
-    hypothesis = cli.transcribe_file(run, model, variables, str(audio_path))
+    say(f"streaming {audio_path} (reference: {entry.text!r})")
+    hypothesis = transcribe_file(run, model, variables, str(audio_path))
     summary = {
         "workdir": str(workdir),
         "corpus": {
@@ -141,7 +136,7 @@ def run_speech_job(args) -> dict:
     }
     save_json(workdir / "results.json", summary)
     best = {r["speakers"]: r for r in results if r["search"] == "greedy" and r["mode"] == "offline"}
-    _say(
+    say(
         f"speech job done in {summary['wall_seconds']} s: test WER {100 * best['seen']['wer']:.1f}% (seen speakers), "
         f"{100 * best['unseen']['wer']:.1f}% (unseen), greedy offline; results in {workdir / 'results.json'}"
     )
