@@ -5,11 +5,14 @@ as a ``lax.scan`` over segments with an explicit state pytree, the RNN-T loss, a
 (``streamformer.decoding``). Front end and text: ``streamformer.features``, ``streamformer.text``.
 """
 
-from .conv_emformer import ConvEmformer
+from .attention import EmformerLayerState
+from .conv_emformer import ConvEmformer, ConvEmformerLayerState
 from .emformer import Emformer
+from .layout import SegmentLayout, segment_chunks
 from .rnnt import (
     RNNT,
     PredictorState,
+    TransducerConfig,
     conv_emformer_rnnt_model,
     emformer_rnnt_base,
     emformer_rnnt_model,
@@ -19,15 +22,21 @@ from .rnnt import (
 )
 from .rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
 from .rnnt_loss_pruned import pruned_rnnt_loss, rnnt_loss_pruned, rnnt_loss_simple, rnnt_prune_ranges
-from .streaming import EmformerState, reset_streams, segment_chunks
+from .state import batch_axes, reset_streams, select_streams, take_streams
+from .streaming import EmformerState
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RNNT",
     "ConvEmformer",
+    "ConvEmformerLayerState",
     "Emformer",
+    "EmformerLayerState",
     "EmformerState",
+    "SegmentLayout",
+    "TransducerConfig",
+    "batch_axes",
     "PredictorState",
     "conv_emformer_rnnt_model",
     "emformer_rnnt_base",
@@ -42,5 +51,7 @@ __all__ = [
     "rnnt_loss_simple",
     "rnnt_prune_ranges",
     "segment_chunks",
+    "select_streams",
+    "take_streams",
     "with_simple_loss_projections",
 ]

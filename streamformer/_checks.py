@@ -59,3 +59,19 @@ def lengths_in_range(name: str, lengths, low: int, high: int) -> None:
     bad = values[(values < low) | (values > high)]
     if bad.size:
         raise ValueError(f"{name}: expected values in [{low}, {high}], got {bad.tolist()}")
+
+
+def same_structure(name: str, got, expected, what: str) -> None:
+    """Checks that pytree ``got`` has ``expected``'s structure and leaf shapes; the error names the first leaf
+    that differs (its path), both shapes and ``what`` the expected value is."""
+    got_leaves, got_tree = jax.tree_util.tree_flatten_with_path(got)
+    want_leaves, want_tree = jax.tree_util.tree_flatten_with_path(expected)
+    if got_tree != want_tree:
+        raise ValueError(f"{name}: expected the structure {want_tree} {what}, got {got_tree}")
+    for (path, a), (_, b) in zip(got_leaves, want_leaves):
+        if tuple(a.shape) != tuple(b.shape):
+            leaf = jax.tree_util.keystr(path[-1:]).lstrip(".")
+            where = f" (at {jax.tree_util.keystr(path[:-1]).lstrip('.')})" if len(path) > 1 else ""
+            raise ValueError(
+                f"{name}: {leaf} has shape {tuple(a.shape)}{where}, expected {tuple(b.shape)} {what}"
+            )

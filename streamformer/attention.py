@@ -9,9 +9,10 @@ Shapes (per batch element b and segment n):
 - queries: the segment's right-context block (R), its frames (S) and, with memory, its summary (1);
 - keys/values: the memory window (M), the right-context block (R), the L frames before the segment and the
   segment's S frames. The memory window and the L + S frames are gathered from banks:
-  ``memory_bank`` (B, P, D) with window n = positions [n, n + M), and the frame bank
-  ``[left_keys (B, L, D), keys of all segment frames (B, N·S, D)]`` with window n = positions [n·S, n·S + L + S).
-  The forward pass puts M (and L) empty slots in front; the streaming step puts the state's slots there.
+  the memory bank ``[the layer state's M memory slots, the memory vectors of segments 0 .. N - 2]`` with window
+  n = positions [n, n + M), and the frame bank ``[the state's L left-context keys, keys of all segment frames
+  (B, N·S, D)]`` with window n = positions [n·S, n·S + L + S). The forward pass is the case of a fresh state
+  (every slot masked) and N segments; a streaming step is the case N = 1 with the state of the previous step.
 """
 
 from __future__ import annotations
@@ -22,6 +23,32 @@ import jax
 import jax.numpy as jnp
 
 from ._nn import Dtype, dense
+from .state import push_frames
+
+
+@flax.struct.dataclass
+class EmformerLayerState:
+    """What one Emformer layer keeps between streaming steps, per stream (newest last, slots not yet filled
+    masked in attention rather than sliced away, so shapes never change).
+
+    memory: (B, M, D) the last M memory vectors the layer received (its input memory, as torchaudio stores).
+    left_context_keys: (B, L, D) attention keys of the last L frames the layer saw.
+    left_context_values: (B, L, D) the matching values.
+    """
+
+    memory: jax.Array
+    left_context_keys: jax.Array
+    left_context_values: jax.Array
+
+    @classmethod
+    def zeros(cls, batch_size: int, memory_size: int, left_context_length: int, dim: int, dtype, **extra):
+        empty = lambda n: jnp.zeros((batch_size, n, dim), dtype)  # noqa: E731
+        return cls(
+            memory=empty(memory_size),
+            left_context_keys=empty(left_context_length),
+            left_context_values=empty(left_context_length),
+            **extra,
+        )
 
 
 @flax.struct.dataclass
@@ -66,9 +93,8 @@ class EmformerAttention(nn.Module):
         right_context: jax.Array,
         utterance: jax.Array,
         summary: jax.Array | None,
-        memory_bank: jax.Array,
-        left_keys: jax.Array,
-        left_values: jax.Array,
+        memory: jax.Array | None,
+        state: EmformerLayerState,
         masks: SegmentMasks,
         deterministic: bool = True,
     ):
@@ -78,19 +104,21 @@ class EmformerAttention(nn.Module):
             right_context: (B, N, R, D) layer-normed right-context blocks.
             utterance: (B, N, S, D) layer-normed segment frames.
             summary: (B, N, D) summary queries, or None without memory.
-            memory_bank: (B, M + N - 1, D) memory vectors (forward) or (B, M, D) (one streaming step).
-            left_keys, left_values: (B, L, D) keys/values of the frames before segment 0.
+            memory: (B, N, D) the memory vectors of the N segments from the layer below (or None without
+                memory); segment n sees those of segments before it, after the state's.
+            state: the layer's state before segment 0 (a fresh one in the forward pass).
             masks: which keys each segment may see.
 
         Returns:
-            right_context (B, N, R, D), utterance (B, N, S, D), memory (B, N, D) or None, and the keys and
-            values of the segment frames, (B, N·S, D) each (the next step's left context).
+            right_context (B, N, R, D), utterance (B, N, S, D), memory (B, N, D) or None, and the layer's
+            state after the N segments (``state.replace(...)``: subclass fields are kept).
         """
         D, H = self.input_dim, self.num_heads
         B, N, S, _ = utterance.shape
         R = right_context.shape[2]
         M = masks.memory.shape[-1]
-        L = left_keys.shape[1]
+        L = state.left_context_keys.shape[1]
+        left_keys, left_values = state.left_context_keys, state.left_context_values
         kw = dict(fan_in=D, dtype=self.dtype, param_dtype=self.param_dtype)
         to_query = dense(D, gain=self.weight_init_gain, name="emb_to_query", **kw)
         to_key_value = dense(2 * D, gain=self.weight_init_gain, name="emb_to_key_value", **kw)
@@ -113,6 +141,7 @@ class EmformerAttention(nn.Module):
         )
         key_parts, value_parts = [rc_keys, frame_keys], [rc_values, frame_values]
         if M > 0:
+            memory_bank = jnp.concatenate([state.memory.astype(memory.dtype), memory[:, : N - 1]], axis=1)
             mem_keys, mem_values = keys_values(memory_bank)
             key_parts.insert(0, gather_windows(mem_keys, jnp.arange(N), M))
             value_parts.insert(0, gather_windows(mem_values, jnp.arange(N), M))
@@ -136,8 +165,13 @@ class EmformerAttention(nn.Module):
         attended = jnp.einsum("bnhqk,bnkhd->bnqhd", probs, split(value)).reshape(B, N, -1, D)
         output = dense(D, name="out_proj", **kw)(attended)
 
-        memory = None
+        memory_out = None
         if summary is not None:
-            memory = output[:, :, R + S]
-            memory = jnp.tanh(memory) if self.tanh_on_mem else jnp.clip(memory, -10, 10)
-        return output[:, :, :R], output[:, :, R : R + S], memory, utt_keys, utt_values
+            memory_out = output[:, :, R + S]
+            memory_out = jnp.tanh(memory_out) if self.tanh_on_mem else jnp.clip(memory_out, -10, 10)
+        new_state = state.replace(
+            memory=push_frames(state.memory, memory) if M > 0 else state.memory,
+            left_context_keys=push_frames(left_keys, utt_keys),
+            left_context_values=push_frames(left_values, utt_values),
+        )
+        return output[:, :, :R], output[:, :, R : R + S], memory_out, new_state

@@ -13,15 +13,27 @@ sequence for its last segment. So no convolution ever reads padding or another s
 from __future__ import annotations
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from . import _checks
 from ._nn import ACTIVATIONS, Dtype, activation, dense, layer_norm, torch_default_bias_init
-from .attention import EmformerAttention, SegmentMasks
+from .attention import EmformerAttention, EmformerLayerState, SegmentMasks
+from .layout import SegmentLayout
 from .streaming import StreamingEncoder, masked_segment_mean
 
-__all__ = ["ConvEmformer"]
+__all__ = ["ConvEmformer", "ConvEmformerLayerState"]
+
+
+@flax.struct.dataclass
+class ConvEmformerLayerState(EmformerLayerState):
+    """An Emformer layer's state (memory, left-context keys and values) and the convolution's:
+
+    conv_cache: (B, K - 1, D) the convolution module's input over the last K - 1 frames of the stream.
+    """
+
+    conv_cache: jax.Array
 
 
 class _HalfStepFeedForward(nn.Module):
@@ -61,7 +73,8 @@ class _ConvolutionModule(nn.Module):
     @nn.compact
     def __call__(self, utterance, right_context, conv_cache, valid_frames, deterministic: bool):
         """utterance (B, N, S, D), right_context (B, N, R, D), conv_cache (B, K - 1, D), valid_frames (B, N).
-        Returns utterance, right_context and the new cache (the K - 1 frames before segment 0's right context)."""
+        Returns utterance, right_context and the new cache (the K - 1 frames before the last segment's right
+        context: the stream's next cache in a streaming step, where N = 1)."""
         B, N, S, D = utterance.shape
         R, K = right_context.shape[2], self.kernel_size
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -87,14 +100,14 @@ class _ConvolutionModule(nn.Module):
         )  # (B, K-1 + N*S, D)
         conv_utterance = conv(history).reshape(B, N, S, D)
         # Each block's K - 1 preceding frames end where its right context starts: segment end or sequence end.
-        rc_start = (
-            jnp.arange(N) * S + valid_frames
-        )  # (B, N), in frame coordinates; history is offset by K - 1
+        rc_start = SegmentLayout(S, R).right_context_starts(
+            valid_frames
+        )  # (B, N); history is offset by K - 1
         prefix_index = rc_start[..., None] + jnp.arange(K - 1)  # (B, N, K - 1) into history
         prefix = jnp.take_along_axis(history, prefix_index.reshape(B, -1)[..., None], axis=1).reshape(
             B, N, K - 1, D
         )
-        new_cache = prefix[:, 0]
+        new_cache = prefix[:, -1]
         if R:
             x_rc = glu(pre_linear(pre_norm(right_context)))
             blocks = jnp.concatenate([prefix, x_rc], axis=2).reshape(B * N, K - 1 + R, D)
@@ -133,14 +146,12 @@ class ConvEmformerLayer(nn.Module):
         self,
         utterance: jax.Array,
         right_context: jax.Array,
-        memory_bank: jax.Array,
-        left_keys: jax.Array,
-        left_values: jax.Array,
-        conv_cache: jax.Array,
+        memory: jax.Array,
+        state: ConvEmformerLayerState,
         masks: SegmentMasks,
         deterministic: bool,
     ):
-        """See StreamingEncoder. Returns (utterance, right_context, memory, keys, values, conv_cache)."""
+        """See EmformerLayer. Returns (utterance, right_context, memory, state)."""
         D = self.input_dim
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         ffn = dict(
@@ -155,7 +166,7 @@ class ConvEmformerLayer(nn.Module):
             ffn0(masked_segment_mean(utterance, masks.valid_frames), deterministic) if has_memory else None
         )
         utterance, right_context = ffn0(utterance, deterministic), ffn0(right_context, deterministic)
-        rc_out, utt_out, memory, keys, values = EmformerAttention(
+        rc_out, utt_out, memory, state = EmformerAttention(
             D,
             self.num_heads,
             self.dropout,
@@ -168,9 +179,8 @@ class ConvEmformerLayer(nn.Module):
             layer_norm_input(right_context),
             layer_norm_input(utterance),
             layer_norm_input(summary) if has_memory else None,
-            memory_bank,
-            left_keys,
-            left_values,
+            memory,
+            state,
             masks,
             deterministic,
         )
@@ -179,11 +189,11 @@ class ConvEmformerLayer(nn.Module):
         right_context = drop(rc_out, deterministic=deterministic) + right_context
         utterance, right_context, conv_cache = _ConvolutionModule(
             D, self.kernel_size, self.conv_activation, self.dropout, name="conv", **kw
-        )(utterance, right_context, conv_cache, masks.valid_frames, deterministic)
+        )(utterance, right_context, state.conv_cache, masks.valid_frames, deterministic)
         layer_norm_output = layer_norm(name="layer_norm_output", **kw)
         utterance = layer_norm_output(ffn1(utterance, deterministic))
         right_context = layer_norm_output(ffn1(right_context, deterministic))
-        return utterance, right_context, memory, keys, values, conv_cache
+        return utterance, right_context, memory, state.replace(conv_cache=conv_cache)
 
 
 class ConvEmformer(StreamingEncoder):
@@ -231,9 +241,17 @@ class ConvEmformer(StreamingEncoder):
         _checks.one_of("conv_activation", self.conv_activation, list(ACTIVATIONS))
         super().__post_init__()
 
-    @property
-    def _conv_cache_size(self) -> int:
-        return self.kernel_size - 1
+    @nn.nowrap
+    def _init_layer_state(self, batch_size: int, dtype) -> ConvEmformerLayerState:
+        cache = jnp.zeros((batch_size, self.kernel_size - 1, self.input_dim), dtype)
+        return ConvEmformerLayerState.zeros(
+            batch_size,
+            self.max_memory_size,
+            self.left_context_length,
+            self.input_dim,
+            dtype,
+            conv_cache=cache,
+        )
 
     def _make_layer(self, index: int) -> ConvEmformerLayer:
         return ConvEmformerLayer(

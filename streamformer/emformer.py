@@ -13,10 +13,10 @@ import jax.numpy as jnp
 
 from . import _checks
 from ._nn import ACTIVATIONS, Dtype, activation, dense, layer_norm
-from .attention import EmformerAttention, SegmentMasks
+from .attention import EmformerAttention, EmformerLayerState, SegmentMasks
 from .streaming import EmformerState, StreamingEncoder, masked_segment_mean
 
-__all__ = ["Emformer", "EmformerState"]
+__all__ = ["Emformer", "EmformerLayerState", "EmformerState"]
 
 
 class EmformerLayer(nn.Module):
@@ -38,15 +38,14 @@ class EmformerLayer(nn.Module):
         self,
         utterance: jax.Array,
         right_context: jax.Array,
-        memory_bank: jax.Array,
-        left_keys: jax.Array,
-        left_values: jax.Array,
-        conv_cache: jax.Array,
+        memory: jax.Array,
+        state: EmformerLayerState,
         masks: SegmentMasks,
         deterministic: bool,
     ):
-        """utterance (B, N, S, D), right_context (B, N, R, D); see StreamingEncoder for the rest.
-        Returns (utterance, right_context, memory (B, N, D) or None, keys, values, conv_cache)."""
+        """utterance (B, N, S, D), right_context (B, N, R, D), memory (B, N, D) from the layer below, the
+        layer's state before the segments. Returns (utterance, right_context, memory (B, N, D) or None, state
+        after the segments)."""
         D = self.input_dim
         norm = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         has_memory = masks.memory.shape[-1] > 0
@@ -54,7 +53,7 @@ class EmformerLayer(nn.Module):
         layer_norm_input = layer_norm(name="layer_norm_input", **norm)
         normed_utterance, normed_right_context = layer_norm_input(utterance), layer_norm_input(right_context)
         summary = masked_segment_mean(normed_utterance, masks.valid_frames) if has_memory else None
-        rc_out, utt_out, memory, keys, values = EmformerAttention(
+        rc_out, utt_out, memory, state = EmformerAttention(
             D,
             self.num_heads,
             self.dropout,
@@ -67,9 +66,8 @@ class EmformerLayer(nn.Module):
             normed_right_context,
             normed_utterance,
             summary,
-            memory_bank,
-            left_keys,
-            left_values,
+            memory,
+            state,
             masks,
             deterministic,
         )
@@ -87,7 +85,7 @@ class EmformerLayer(nn.Module):
             x = drop(ffn_out(h), deterministic=deterministic) + x
             return output_norm(x)
 
-        return post(utt_out, utterance), post(rc_out, right_context), memory, keys, values, conv_cache
+        return post(utt_out, utterance), post(rc_out, right_context), memory, state
 
 
 class Emformer(StreamingEncoder):

@@ -25,6 +25,7 @@ Padding rule (also where we differ from torchaudio): every sequence behaves as i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,8 @@ import numpy as np
 from . import _checks
 from ._nn import Dtype, dense, layer_norm
 from .emformer import Emformer
+from .layout import SegmentLayout
+from .state import batch_field
 from .streaming import EmformerState
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "EmformerTranscriber",
     "ConvEmformerTranscriber",
     "TimeReduction",
+    "TransducerConfig",
     "CustomLSTM",
     "emformer_rnnt_model",
     "emformer_rnnt_base",
@@ -70,8 +74,8 @@ class PredictorState:
     cell: (num_lstm_layers, B, H) torchaudio's ``state[layer][1]``.
     """
 
-    hidden: jax.Array
-    cell: jax.Array
+    hidden: jax.Array = batch_field(1)
+    cell: jax.Array = batch_field(1)
 
     @property
     def batch_size(self) -> int:
@@ -265,6 +269,15 @@ class Predictor(nn.Module):
         output = self.output_layer_norm(self.linear(x))
         return output, lengths, PredictorState(hidden=jnp.stack(hidden), cell=jnp.stack(cell))
 
+    def step(
+        self, tokens: jax.Array, state: PredictorState | None = None
+    ) -> tuple[jax.Array, PredictorState]:
+        """One token per sequence: tokens (B,) int in [0, num_symbols), state (None: zeros) -> output (B, D),
+        the state after the token. The same computation as ``__call__`` on (B, 1) tokens, without dropout."""
+        _checks.array_shape("tokens", tokens, (None,), "(B,)")
+        output, _, state = self(tokens[:, None], jnp.ones(tokens.shape, jnp.int32), state, True)
+        return output[:, 0], state
+
 
 # ----------------------------------------------------------------------------------------------------
 # Joiner
@@ -342,86 +355,142 @@ class TimeReduction(nn.Module):
         return output, lengths // self.stride
 
 
+@dataclasses.dataclass(frozen=True)
+class TransducerConfig:
+    """Every hyper-parameter of the Emformer RNN-T, carried down to the modules that use them.
+
+    The fields are torchaudio's ``emformer_rnnt_model`` / ``conv_emformer_rnnt_model`` keywords, same names and
+    meanings; the defaults are ``emformer_rnnt_base``'s (with 4097 symbols). ``transformer_kernel_size`` None
+    builds an Emformer transcriber, an integer a ConvEmformer one (with ``transformer_conv_activation``; then
+    ``transformer_activation`` is its feed-forward activation). segment_length and right_context_length count
+    input frames and must be multiples of time_reduction_stride. The predictor's LSTM hidden size is
+    symbol_embedding_dim.
+    """
+
+    input_dim: int = 80
+    encoding_dim: int = 1024
+    num_symbols: int = 4097
+    segment_length: int = 16
+    right_context_length: int = 4
+    time_reduction_input_dim: int = 128
+    time_reduction_stride: int = 4
+    transformer_num_heads: int = 8
+    transformer_ffn_dim: int = 2048
+    transformer_num_layers: int = 20
+    transformer_dropout: float = 0.1
+    transformer_activation: str = "gelu"
+    transformer_left_context_length: int = 30
+    transformer_max_memory_size: int = 0
+    transformer_weight_init_scale_strategy: str | None = "depthwise"
+    transformer_tanh_on_mem: bool = True
+    transformer_kernel_size: int | None = None
+    transformer_conv_activation: str = "silu"
+    symbol_embedding_dim: int = 512
+    num_lstm_layers: int = 3
+    lstm_layer_norm: bool = True
+    lstm_layer_norm_epsilon: float = 1e-3
+    lstm_dropout: float = 0.3
+    joiner_activation: str = "relu"
+
+    @property
+    def encoder(self) -> str:
+        """ "emformer" or "conv_emformer" (the transcriber's transformer)."""
+        return "emformer" if self.transformer_kernel_size is None else "conv_emformer"
+
+    @property
+    def layout(self) -> SegmentLayout:
+        """Segments and look-ahead in input frames (S, R): the chunks a stream delivers."""
+        return SegmentLayout(self.segment_length, self.right_context_length)
+
+    def replace(self, **changes) -> TransducerConfig:
+        return dataclasses.replace(self, **changes)
+
+
 class EmformerTranscriber(nn.Module):
     """torchaudio's _EmformerEncoder: input_linear (no bias), time_reduction, transformer (Emformer on
     segment_length // stride and right_context_length // stride reduced frames), output_linear, layer_norm.
 
-    ``segment_length`` and ``right_context_length`` count input frames; both must be multiples of
-    ``time_reduction_stride``, so that input chunks of segment_length + right_context_length frames map onto
+    ``config.segment_length`` and ``config.right_context_length`` count input frames; both must be multiples
+    of ``time_reduction_stride``, so that input chunks of segment_length + right_context_length frames map onto
     whole reduced segments (torchaudio floors silently, which breaks its own streaming for such
     configurations).
     """
 
-    input_dim: int
-    output_dim: int
-    segment_length: int
-    right_context_length: int
-    time_reduction_input_dim: int
-    time_reduction_stride: int
-    transformer_num_heads: int
-    transformer_ffn_dim: int
-    transformer_num_layers: int
-    transformer_left_context_length: int
-    transformer_dropout: float = 0.0
-    transformer_activation: str = "relu"
-    transformer_max_memory_size: int = 0
-    transformer_weight_init_scale_strategy: str | None = "depthwise"
-    transformer_tanh_on_mem: bool = False
+    config: TransducerConfig
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
 
     def __post_init__(self):
+        c = self.config
+        if not isinstance(c, TransducerConfig):
+            raise TypeError(f"config: expected a TransducerConfig, got {type(c).__name__}")
         for name in (
             "input_dim",
-            "output_dim",
+            "encoding_dim",
             "segment_length",
             "time_reduction_input_dim",
             "time_reduction_stride",
         ):
-            _checks.positive_int(name, getattr(self, name))
-        _checks.positive_int("right_context_length", self.right_context_length, minimum=0)
-        stride = self.time_reduction_stride
+            _checks.positive_int(name, getattr(c, name))
+        _checks.positive_int("right_context_length", c.right_context_length, minimum=0)
+        stride = c.time_reduction_stride
         for name in ("segment_length", "right_context_length"):
-            if getattr(self, name) % stride:
+            if getattr(c, name) % stride:
                 raise ValueError(
-                    f"{name}: expected a multiple of time_reduction_stride ({stride}), "
-                    f"got {getattr(self, name)}"
+                    f"{name}: expected a multiple of time_reduction_stride ({stride}), got {getattr(c, name)}"
                 )
         self._make_transformer(parent=None)  # validates the transformer's arguments now, not at first call
         super().__post_init__()
 
     # -- configuration ---------------------------------------------------------------------------
 
+    input_dim = property(lambda self: self.config.input_dim)
+    output_dim = property(lambda self: self.config.encoding_dim)
+    segment_length = property(lambda self: self.config.segment_length)
+    right_context_length = property(lambda self: self.config.right_context_length)
+    time_reduction_stride = property(lambda self: self.config.time_reduction_stride)
+
+    @property
+    def layout(self) -> SegmentLayout:
+        return self.config.layout
+
     @nn.nowrap
     def _transformer_kwargs(self) -> dict[str, Any]:
-        stride = self.time_reduction_stride
+        """The Emformer arguments of ``config``'s transformer_* fields, on reduced frames."""
+        c, stride = self.config, self.config.time_reduction_stride
         return dict(
-            input_dim=self.time_reduction_input_dim * stride,
-            num_heads=self.transformer_num_heads,
-            ffn_dim=self.transformer_ffn_dim,
-            num_layers=self.transformer_num_layers,
-            segment_length=self.segment_length // stride,
-            dropout=self.transformer_dropout,
-            left_context_length=self.transformer_left_context_length,
-            right_context_length=self.right_context_length // stride,
-            max_memory_size=self.transformer_max_memory_size,
-            weight_init_scale_strategy=self.transformer_weight_init_scale_strategy,
-            tanh_on_mem=self.transformer_tanh_on_mem,
+            input_dim=c.time_reduction_input_dim * stride,
+            num_heads=c.transformer_num_heads,
+            ffn_dim=c.transformer_ffn_dim,
+            num_layers=c.transformer_num_layers,
+            segment_length=c.segment_length // stride,
+            dropout=c.transformer_dropout,
+            left_context_length=c.transformer_left_context_length,
+            right_context_length=c.right_context_length // stride,
+            max_memory_size=c.transformer_max_memory_size,
+            weight_init_scale_strategy=c.transformer_weight_init_scale_strategy,
+            tanh_on_mem=c.transformer_tanh_on_mem,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
 
     @nn.nowrap
     def _make_transformer(self, **kwargs) -> nn.Module:
-        return Emformer(activation=self.transformer_activation, **self._transformer_kwargs(), **kwargs)
+        if self.config.transformer_kernel_size is not None:
+            raise ValueError(
+                "transformer_kernel_size: an Emformer transcriber has no convolution (expected None, got "
+                f"{self.config.transformer_kernel_size!r}); use ConvEmformerTranscriber / conv_emformer_rnnt_model"
+            )
+        return Emformer(activation=self.config.transformer_activation, **self._transformer_kwargs(), **kwargs)
 
     def setup(self):
+        c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        transformer_dim = self.time_reduction_input_dim * self.time_reduction_stride
-        self.input_linear = dense(self.time_reduction_input_dim, fan_in=self.input_dim, use_bias=False, **kw)
-        self.time_reduction = TimeReduction(self.time_reduction_stride)
+        transformer_dim = c.time_reduction_input_dim * c.time_reduction_stride
+        self.input_linear = dense(c.time_reduction_input_dim, fan_in=c.input_dim, use_bias=False, **kw)
+        self.time_reduction = TimeReduction(c.time_reduction_stride)
         self.transformer = self._make_transformer()
-        self.output_linear = dense(self.output_dim, fan_in=transformer_dim, **kw)
+        self.output_linear = dense(c.encoding_dim, fan_in=transformer_dim, **kw)
         self.layer_norm = layer_norm(**kw)
 
     @nn.nowrap
@@ -440,15 +509,15 @@ class EmformerTranscriber(nn.Module):
         _checks.array_shape("source_lengths", lengths, (input.shape[0],), "(B,) matching sources' batch")
         _checks.integer_array("source_lengths", lengths)
 
-    def _check_utterance_frames(self, input) -> int:
+    def _check_utterance(self, input, lengths) -> None:
+        self._check(input, lengths, "T + right_context_length")
         R, stride = self.right_context_length, self.time_reduction_stride
         if input.shape[1] // stride <= R // stride:
             raise ValueError(
                 f"sources: expected at least right_context_length + time_reduction_stride = {R + stride} "
-                "frames, "
-                f"got {input.shape[1]}"
+                f"frames, got {input.shape[1]}"
             )
-        return input.shape[1] - R
+        _checks.lengths_in_range("source_lengths", lengths, 0, input.shape[1] - R)
 
     def _reduce(self, input: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.time_reduction(self.input_linear(input), lengths)
@@ -470,9 +539,7 @@ class EmformerTranscriber(nn.Module):
         Returns:
             output (B, (T + R) // stride - R // stride, output_dim), output lengths (B,) = lengths // stride.
         """
-        self._check(input, lengths, "T + right_context_length")
-        T = self._check_utterance_frames(input)
-        _checks.lengths_in_range("source_lengths", lengths, 0, T)
+        self._check_utterance(input, lengths)
         x, reduced_lengths = self._reduce(input, lengths)
         x, out_lengths = self.transformer(x, reduced_lengths, deterministic)
         return self._output(x), out_lengths
@@ -504,13 +571,7 @@ class EmformerTranscriber(nn.Module):
                 f"got {input.shape[1]}"
             )
         _checks.lengths_in_range("source_lengths", lengths, 0, S + R)
-        # Right context = the R frames after the last whole stride group of valid frames, in the stream's own
-        # order (valid frames, then its right-context block); the identity for a full segment.
-        valid = jnp.clip(lengths - R, 0, S)[:, None]
-        position = valid // self.time_reduction_stride * self.time_reduction_stride + jnp.arange(R)[None, :]
-        rc_index = jnp.where(position < valid, position, S + position - valid)
-        right_context = jnp.take_along_axis(input, rc_index[..., None], axis=1)
-        input = jnp.concatenate([input[:, :S], right_context], axis=1)
+        input = self.layout.regroup_chunk(input, lengths, self.time_reduction_stride)
         x, reduced_lengths = self._reduce(input, lengths)
         x, out_lengths, state = self.transformer.infer(x, reduced_lengths, state)
         return self._output(x), out_lengths, state
@@ -518,31 +579,27 @@ class EmformerTranscriber(nn.Module):
     def stream(self, input: jax.Array, lengths: jax.Array, state: EmformerState | None = None):
         """Whole utterances streamed segment by segment (one ``lax.scan`` over the transformer's step); the
         arguments and outputs of ``__call__``, plus the state after each stream's last segment."""
-        self._check(input, lengths, "T + right_context_length")
-        T = self._check_utterance_frames(input)
-        _checks.lengths_in_range("source_lengths", lengths, 0, T)
+        self._check_utterance(input, lengths)
         x, reduced_lengths = self._reduce(input, lengths)
         x, out_lengths, state = self.transformer.stream(x, reduced_lengths, state)
         return self._output(x), out_lengths, state
 
 
 class ConvEmformerTranscriber(EmformerTranscriber):
-    """EmformerTranscriber with a ConvEmformer as its transformer (``transformer_activation`` is the
-    ConvEmformer's ``ffn_activation``; ``transformer_kernel_size`` its depthwise convolution kernel size,
-    required; ``transformer_conv_activation`` its convolution module activation)."""
-
-    transformer_kernel_size: int | None = None
-    transformer_conv_activation: str = "silu"
+    """EmformerTranscriber with a ConvEmformer as its transformer (``config.transformer_activation`` is the
+    ConvEmformer's ``ffn_activation``; ``config.transformer_kernel_size`` its depthwise convolution kernel
+    size, required; ``config.transformer_conv_activation`` its convolution module activation)."""
 
     @nn.nowrap
     def _make_transformer(self, **kwargs) -> nn.Module:
         from .conv_emformer import ConvEmformer
 
-        _checks.positive_int("transformer_kernel_size", self.transformer_kernel_size)
+        c = self.config
+        _checks.positive_int("transformer_kernel_size", c.transformer_kernel_size)
         return ConvEmformer(
-            kernel_size=self.transformer_kernel_size,
-            ffn_activation=self.transformer_activation,
-            conv_activation=self.transformer_conv_activation,
+            kernel_size=c.transformer_kernel_size,
+            ffn_activation=c.transformer_activation,
+            conv_activation=c.transformer_conv_activation,
             **self._transformer_kwargs(),
             **kwargs,
         )
@@ -606,6 +663,26 @@ class RNNT(nn.Module):
     simple_loss: SimpleLossProjections | None = None
 
     # -- configuration and state -----------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, config: TransducerConfig, *, dtype: Dtype = None, param_dtype: Dtype = jnp.float32
+    ) -> RNNT:
+        """The transducer of ``config`` (what the factories build)."""
+        if not isinstance(config, TransducerConfig):
+            raise TypeError(f"config: expected a TransducerConfig, got {type(config).__name__}")
+        return _transducer(config, dtype, param_dtype)
+
+    @property
+    def config(self) -> TransducerConfig:
+        """The transducer's hyper-parameters (the transcriber's config: the factories build all three parts
+        from it)."""
+        return self.transcriber.config
+
+    @property
+    def layout(self) -> SegmentLayout:
+        """Segments and look-ahead in input frames: the chunks ``transcribe_streaming`` takes."""
+        return self.transcriber.layout
 
     @property
     def num_symbols(self) -> int:
@@ -675,10 +752,13 @@ class RNNT(nn.Module):
             self.simple_loss(source_encodings, target_encodings)  # creates their parameters in model.init
         return logits, source_lengths, target_lengths, predictor_state
 
-    def transcribe(self, sources: jax.Array, source_lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def transcribe(
+        self, sources: jax.Array, source_lengths: jax.Array, deterministic: bool = True
+    ) -> tuple[jax.Array, jax.Array]:
         """Offline transcription network: sources (B, T + R, input_dim), source_lengths (B,) (right context
-        excluded) -> encodings (B, T', D), lengths (B,)."""
-        return self.transcriber(sources, source_lengths, True)
+        excluded) -> encodings (B, T', D), lengths (B,). deterministic=False applies dropout ('dropout' rng),
+        for training."""
+        return self.transcriber(sources, source_lengths, deterministic)
 
     def transcribe_streaming(
         self, sources: jax.Array, source_lengths: jax.Array, state: EmformerState | None
@@ -688,19 +768,34 @@ class RNNT(nn.Module):
         (B, S // stride, D), lengths (B,), new state."""
         return self.transcriber.infer(sources, source_lengths, state)
 
-    def transcribe_stream(
+    def transcribe_in_segments(
         self, sources: jax.Array, source_lengths: jax.Array, state: EmformerState | None = None
     ) -> tuple[jax.Array, jax.Array, EmformerState]:
         """Whole utterances streamed as one ``lax.scan`` over streaming steps: the arguments and outputs of
-        ``transcribe``, plus the final state. Equals looping ``transcribe_streaming`` over the chunks."""
+        ``transcribe``, plus the final state. Equals looping ``transcribe_streaming`` over the chunks of
+        ``model.layout.chunks``. (The first version called it ``transcribe_stream``, still an alias.)"""
         return self.transcriber.stream(sources, source_lengths, state)
 
+    transcribe_stream = transcribe_in_segments
+
     def predict(
-        self, targets: jax.Array, target_lengths: jax.Array, state: PredictorState | None
+        self,
+        targets: jax.Array,
+        target_lengths: jax.Array,
+        state: PredictorState | None = None,
+        deterministic: bool = True,
     ) -> tuple[jax.Array, jax.Array, PredictorState]:
         """Prediction network: targets (B, U), target_lengths (B,), state (None: zeros) -> encodings
-        (B, U, D), lengths (B,), state after each sequence's valid tokens."""
-        return self.predictor(targets, target_lengths, state, True)
+        (B, U, D), lengths (B,), state after each sequence's valid tokens. deterministic=False applies
+        dropout ('dropout' rng), for training."""
+        return self.predictor(targets, target_lengths, state, deterministic)
+
+    def predict_step(
+        self, tokens: jax.Array, state: PredictorState | None = None
+    ) -> tuple[jax.Array, PredictorState]:
+        """The prediction network on one token per sequence: tokens (B,) int, state (None: zeros) -> output
+        (B, D) and the state after the token (what a decoder calls once per emitted token)."""
+        return self.predictor.step(tokens, state)
 
     def join(
         self,
@@ -779,63 +874,30 @@ def with_simple_loss_projections(model: RNNT) -> RNNT:
 # Factories
 
 
-def _predictor_and_joiner(
-    encoding_dim,
-    num_symbols,
-    symbol_embedding_dim,
-    num_lstm_layers,
-    lstm_layer_norm,
-    lstm_layer_norm_epsilon,
-    lstm_dropout,
-    dtype,
-    param_dtype,
-):
+def _transducer(config: TransducerConfig, dtype: Dtype, param_dtype: Dtype) -> RNNT:
+    """The transducer of ``config``: the one place where the config becomes modules."""
+    transcriber_class = EmformerTranscriber if config.encoder == "emformer" else ConvEmformerTranscriber
+    transcriber = transcriber_class(config, dtype=dtype, param_dtype=param_dtype, parent=None)
     predictor = Predictor(
-        num_symbols=num_symbols,
-        output_dim=encoding_dim,
-        symbol_embedding_dim=symbol_embedding_dim,
-        num_lstm_layers=num_lstm_layers,
-        lstm_hidden_dim=symbol_embedding_dim,
-        lstm_layer_norm=lstm_layer_norm,
-        lstm_layer_norm_epsilon=lstm_layer_norm_epsilon,
-        lstm_dropout=lstm_dropout,
+        num_symbols=config.num_symbols,
+        output_dim=config.encoding_dim,
+        symbol_embedding_dim=config.symbol_embedding_dim,
+        num_lstm_layers=config.num_lstm_layers,
+        lstm_hidden_dim=config.symbol_embedding_dim,
+        lstm_layer_norm=config.lstm_layer_norm,
+        lstm_layer_norm_epsilon=config.lstm_layer_norm_epsilon,
+        lstm_dropout=config.lstm_dropout,
         dtype=dtype,
         param_dtype=param_dtype,
         parent=None,
     )
-    joiner = Joiner(encoding_dim, num_symbols, dtype=dtype, param_dtype=param_dtype, parent=None)
-    return predictor, joiner
-
-
-def _transducer(
-    transcriber_class: type[nn.Module],
-    *,
-    encoding_dim: int,
-    num_symbols: int,
-    symbol_embedding_dim: int,
-    num_lstm_layers: int,
-    lstm_layer_norm: bool,
-    lstm_layer_norm_epsilon: float,
-    lstm_dropout: float,
-    dtype: Dtype,
-    param_dtype: Dtype,
-    **transcriber_arguments,
-) -> RNNT:
-    """The factories' common body: the factory's keywords (its ``locals()``) split between the transcriber
-    (the transformer_* keywords and the input/segment/time-reduction ones), the predictor and the joiner."""
-    transcriber = transcriber_class(
-        output_dim=encoding_dim, dtype=dtype, param_dtype=param_dtype, parent=None, **transcriber_arguments
-    )
-    predictor, joiner = _predictor_and_joiner(
-        encoding_dim,
-        num_symbols,
-        symbol_embedding_dim,
-        num_lstm_layers,
-        lstm_layer_norm,
-        lstm_layer_norm_epsilon,
-        lstm_dropout,
-        dtype,
-        param_dtype,
+    joiner = Joiner(
+        config.encoding_dim,
+        config.num_symbols,
+        config.joiner_activation,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        parent=None,
     )
     return RNNT(transcriber=transcriber, predictor=predictor, joiner=joiner, parent=None)
 
@@ -872,8 +934,11 @@ def emformer_rnnt_model(
     segment_length and right_context_length count input frames and must be multiples of time_reduction_stride
     (the Emformer runs on segment_length // stride and right_context_length // stride reduced frames, as in
     torchaudio). The predictor's LSTM hidden size is symbol_embedding_dim; the joiner's activation is relu.
+    The keywords become a ``TransducerConfig`` (``model.config``).
     """
-    return _transducer(EmformerTranscriber, **locals())
+    arguments = locals()
+    dtype, param_dtype = arguments.pop("dtype"), arguments.pop("param_dtype")
+    return _transducer(TransducerConfig(**arguments), dtype, param_dtype)
 
 
 def emformer_rnnt_base(num_symbols: int, *, dtype: Dtype = None, param_dtype: Dtype = jnp.float32) -> RNNT:
@@ -942,4 +1007,7 @@ def conv_emformer_rnnt_model(
     ``transcriber.transformer`` is that ConvEmformer: the parameter names are the same with the ConvEmformer's
     layers under ``transcriber.transformer``.
     """
-    return _transducer(ConvEmformerTranscriber, **locals())
+    arguments = locals()
+    dtype, param_dtype = arguments.pop("dtype"), arguments.pop("param_dtype")
+    _checks.positive_int("transformer_kernel_size", transformer_kernel_size)
+    return _transducer(TransducerConfig(**arguments), dtype, param_dtype)

@@ -19,50 +19,43 @@ import jax.numpy as jnp
 
 from . import _checks
 from ._nn import Dtype
-from .attention import SegmentMasks
+from .attention import EmformerLayerState, SegmentMasks, gather_windows
+from .layout import SegmentLayout
+from .state import reset_streams, select_streams
 
 
 @flax.struct.dataclass
 class EmformerState:
-    """Streaming state of an Emformer or ConvEmformer, all layers stacked on the first axis.
+    """Streaming state of an Emformer or ConvEmformer: each layer's own state, and the streams' positions.
 
     Shapes never change from step to step, so one compiled step serves every segment; slots not yet filled are
-    masked in attention rather than sliced away.
+    masked in attention rather than sliced away. Streams lie on axis 0 of every array.
 
-    memory: (num_layers, B, M, D) the last M memory vectors each layer received, newest last.
-    left_context_keys: (num_layers, B, L, D) attention keys of the last L frames each layer saw, newest last.
-    left_context_values: (num_layers, B, L, D) the matching values.
+    layers: one state per layer: ``EmformerLayerState`` (memory (B, M, D), left_context_keys and
+        left_context_values (B, L, D)) or, for ConvEmformer, ``ConvEmformerLayerState`` (those and conv_cache
+        (B, K - 1, D)).
     positions: (B,) int32 frames consumed by each stream so far (a multiple of S); streams keep their own.
-    conv_cache: (num_layers, B, K - 1, D) ConvEmformer's convolution input over the last K - 1 frames
-        (K - 1 = 0 for Emformer).
+
+    The properties ``memory``, ``left_context_keys``, ``left_context_values`` (and ``conv_cache`` for
+    ConvEmformer) stack a field over layers, (num_layers, B, ...), torchaudio's per-layer view.
     """
 
-    memory: jax.Array
-    left_context_keys: jax.Array
-    left_context_values: jax.Array
+    layers: tuple
     positions: jax.Array
-    conv_cache: jax.Array
 
     @property
     def batch_size(self) -> int:
         return self.positions.shape[0]
 
+    def _stacked(self, name: str) -> jax.Array:
+        if not all(hasattr(layer, name) for layer in self.layers):
+            raise AttributeError(f"this encoder's layers keep no {name}")
+        return jnp.stack([getattr(layer, name) for layer in self.layers])
 
-def select_streams(mask: jax.Array, new: EmformerState, old: EmformerState) -> EmformerState:
-    """Per stream (mask (B,) bool): ``new`` where True, ``old`` elsewhere."""
-
-    def pick(a, b):
-        if a.ndim == 1:
-            return jnp.where(mask, a, b)
-        return jnp.where(mask[None, :, None, None], a, b)
-
-    return jax.tree_util.tree_map(pick, new, old)
-
-
-def reset_streams(state: EmformerState, mask: jax.Array) -> EmformerState:
-    """Returns ``state`` with the streams where ``mask`` (B,) is True reset to a fresh start, so a new utterance
-    can take over a slot of a running batch."""
-    return select_streams(jnp.logical_not(mask), state, jax.tree_util.tree_map(jnp.zeros_like, state))
+    memory = property(lambda self: self._stacked("memory"))
+    left_context_keys = property(lambda self: self._stacked("left_context_keys"))
+    left_context_values = property(lambda self: self._stacked("left_context_values"))
+    conv_cache = property(lambda self: self._stacked("conv_cache"))
 
 
 def masked_segment_mean(segments: jax.Array, valid_frames: jax.Array) -> jax.Array:
@@ -74,39 +67,37 @@ def masked_segment_mean(segments: jax.Array, valid_frames: jax.Array) -> jax.Arr
     return total / jnp.maximum(valid_frames, 1)[..., None].astype(total.dtype)
 
 
-def segment_chunks(
-    input: jax.Array, lengths: jax.Array, segment_length: int, right_context_length: int
-) -> tuple[jax.Array, jax.Array]:
-    """Cuts whole utterances into the chunks a stream delivers to ``infer``, one per segment.
+def segment_masks(
+    positions: jax.Array, lengths: jax.Array, num_segments: int, S: int, L: int, M: int
+) -> SegmentMasks:
+    """Which keys N segments see, continuing streams at ``positions`` (B,) (0 for the forward pass).
 
-    Args:
-        input: (B, T + R, D) as for the forward pass: each sequence's R right-context frames right after its
-            ``lengths[b]`` valid frames.
-        lengths: (B,) valid frames per sequence (<= T).
-
-    Returns:
-        chunks (B, N, S + R, D), N = ceil(T / S): chunk n holds frames [n S, n S + S) and then the R frames that
-        follow the sequence's valid frames in it (the next segment's start, or the sequence's own right context
-        after its last frame); chunk_lengths (B, N): valid frames + R, or 0 once the sequence has ended.
+    ``lengths`` (B,) counts the valid frames from the first segment's start. Memory slot j of segment n is
+    bank entry n + j of [the state's M slots, the memory vectors of segments 0 .. N - 2]; frame slot j is entry
+    n S + j of [the state's L left-context frames, the N S segment frames]. State slots are filled once the
+    stream has seen that much (ceil(position / S) memory vectors, position frames).
     """
-    S, R = segment_length, right_context_length
-    B, T = input.shape[0], input.shape[1] - R
-    N = -(-T // S)
-    x = jnp.pad(input, ((0, 0), (0, N * S - T), (0, 0)))
-    segment_start = jnp.arange(N) * S
-    valid_frames = jnp.clip(lengths[:, None] - segment_start[None, :], 0, S)  # (B, N)
-    frames = segment_start[None, :, None] + jnp.arange(S)  # (1, N, S)
-    rc_frames = (segment_start + valid_frames)[..., None] + jnp.arange(R)  # (B, N, R)
-    index = jnp.concatenate([jnp.broadcast_to(frames, (B, N, S)), rc_frames], axis=-1)
-    chunks = jnp.take_along_axis(x, index.reshape(B, -1)[..., None], axis=1).reshape(B, N, S + R, x.shape[-1])
-    return chunks, jnp.where(valid_frames > 0, valid_frames + R, 0)
+    N = num_segments
+    filled_memory = jnp.minimum(M, -(-positions // S))
+    filled_left = jnp.minimum(L, positions)
+    memory_filled = jnp.concatenate(
+        [jnp.arange(M)[None, :] >= M - filled_memory[:, None], jnp.ones((positions.shape[0], N - 1), bool)], 1
+    )
+    frames_filled = jnp.concatenate(
+        [jnp.arange(L)[None, :] >= L - filled_left[:, None], jnp.arange(N * S)[None, :] < lengths[:, None]], 1
+    )
+    return SegmentMasks(
+        memory=gather_windows(memory_filled[..., None], jnp.arange(N), M)[..., 0],
+        frames=gather_windows(frames_filled[..., None], jnp.arange(N) * S, L + S)[..., 0],
+        valid_frames=jnp.clip(lengths[:, None] - jnp.arange(N)[None, :] * S, 0, S),
+    )
 
 
 class StreamingEncoder(nn.Module):
-    """Base of Emformer and ConvEmformer. Subclasses declare torchaudio's constructor arguments as fields and
-    implement ``_make_layer(index)``; layers are called as
-    ``layer(utterance, right_context, memory_bank, left_keys, left_values, conv_cache, masks, deterministic)`` and
-    return ``(utterance, right_context, memory, keys, values, conv_cache)``."""
+    """Base of Emformer and ConvEmformer. Subclasses declare torchaudio's constructor arguments as fields,
+    ``_make_layer(index)`` and ``_init_layer_state(batch_size, dtype)``. A layer is called as
+    ``layer(utterance, right_context, memory, state, masks, deterministic)`` on N segments and returns
+    ``(utterance, right_context, memory, state)``: its memory outputs and its own state after the segments."""
 
     # Fields every subclass declares (torchaudio's names): input_dim, num_heads, ffn_dim, num_layers,
     # segment_length, dropout, left_context_length, right_context_length, max_memory_size,
@@ -135,8 +126,9 @@ class StreamingEncoder(nn.Module):
             raise ValueError(f"negative_inf: expected a large negative number, got {self.negative_inf!r}")
 
     @property
-    def _conv_cache_size(self) -> int:
-        return 0
+    def layout(self) -> SegmentLayout:
+        """The segment layout (S, R) of this encoder."""
+        return SegmentLayout(self.segment_length, self.right_context_length)
 
     def _weight_init_gain(self, layer_index: int) -> float | None:
         if self.weight_init_scale_strategy == "depthwise":
@@ -144,6 +136,12 @@ class StreamingEncoder(nn.Module):
         if self.weight_init_scale_strategy == "constant":
             return 1.0 / math.sqrt(2)
         return None
+
+    @nn.nowrap
+    def _init_layer_state(self, batch_size: int, dtype: Dtype) -> EmformerLayerState:
+        return EmformerLayerState.zeros(
+            batch_size, self.max_memory_size, self.left_context_length, self.input_dim, dtype
+        )
 
     @nn.nowrap
     def example_inputs(self) -> tuple[jax.Array, jax.Array]:
@@ -155,14 +153,9 @@ class StreamingEncoder(nn.Module):
     def init_state(self, batch_size: int, dtype: Dtype = jnp.float32) -> EmformerState:
         """A fresh streaming state for ``batch_size`` streams. Needs no parameters (callable on the unbound module)."""
         _checks.positive_int("batch_size", batch_size)
-        layers, D = self.num_layers, self.input_dim
-        zeros = lambda n: jnp.zeros((layers, batch_size, n, D), dtype)  # noqa: E731
         return EmformerState(
-            memory=zeros(self.max_memory_size),
-            left_context_keys=zeros(self.left_context_length),
-            left_context_values=zeros(self.left_context_length),
+            layers=tuple(self._init_layer_state(batch_size, dtype) for _ in range(self.num_layers)),
             positions=jnp.zeros((batch_size,), jnp.int32),
-            conv_cache=zeros(self._conv_cache_size),
         )
 
     @nn.nowrap
@@ -176,17 +169,55 @@ class StreamingEncoder(nn.Module):
         _checks.array_shape("lengths", lengths, (input.shape[0],), "(B,) matching input's batch")
         _checks.integer_array("lengths", lengths)
 
+    def _check_utterance(self, input, lengths) -> int:
+        """Checks whole-utterance arguments; returns T."""
+        self._check_input(input, lengths, "T + right_context_length")
+        R = self.right_context_length
+        T = input.shape[1] - R
+        if T < 1:
+            raise ValueError(
+                f"input: expected at least right_context_length + 1 = {R + 1} frames, got {input.shape[1]}"
+            )
+        _checks.lengths_in_range("lengths", lengths, 0, T)
+        return T
+
     def _check_state(self, state: EmformerState, batch_size: int) -> None:
         if not isinstance(state, EmformerState):
             raise TypeError(f"state: expected an EmformerState (or None), got {type(state).__name__}")
-        expected = self.init_state(batch_size)
-        for field in ("memory", "left_context_keys", "left_context_values", "positions", "conv_cache"):
-            got, want = getattr(state, field).shape, getattr(expected, field).shape
-            if got != want:
-                raise ValueError(
-                    f"state: {field} has shape {got}, expected {want} for this model (num_layers, batch {batch_size},"
-                    " M, L, kernel_size - 1, input_dim): a state from another configuration or batch size"
-                )
+        _checks.same_structure(
+            "state",
+            state,
+            self.init_state(batch_size),
+            what=(
+                f"for this model (num_layers {self.num_layers}, batch {batch_size}, M, L, kernel_size - 1, "
+                "input_dim): a state from another configuration or batch size"
+            ),
+        )
+
+    # -- the layers ----------------------------------------------------------------------------------------
+
+    def _encode(self, segments, right_context, lengths, state: EmformerState, deterministic: bool):
+        """Runs the layers over N segments continuing ``state``: segments (B, N, S, D), right_context
+        (B, N, R, D), lengths (B,) valid frames from segment 0's start. Returns the output segments
+        (B, N, S, D) and the state after them (each stream advanced by N S frames)."""
+        N = segments.shape[1]
+        masks = segment_masks(
+            state.positions,
+            lengths,
+            N,
+            self.segment_length,
+            self.left_context_length,
+            self.max_memory_size,
+        )
+        memory = masked_segment_mean(segments, masks.valid_frames)  # layer 0's memory: means of raw segments
+        layer_states = []
+        for layer, layer_state in zip(self.emformer_layers, state.layers):
+            segments, right_context, memory, layer_state = layer(
+                segments, right_context, memory, layer_state, masks, deterministic
+            )
+            layer_states.append(layer_state)
+        new = EmformerState(layers=tuple(layer_states), positions=state.positions + N * self.segment_length)
+        return segments, jax.tree_util.tree_map(lambda a, b: a.astype(b.dtype), new, state)
 
     # -- forward -------------------------------------------------------------------------------------------
 
@@ -202,52 +233,13 @@ class StreamingEncoder(nn.Module):
         Returns:
             output (B, T, D), and output_lengths (B,) (= lengths).
         """
-        self._check_input(input, lengths, "T + right_context_length")
-        S, R, L, M = (
-            self.segment_length,
-            self.right_context_length,
-            self.left_context_length,
-            self.max_memory_size,
-        )
-        B, T = input.shape[0], input.shape[1] - R
-        if T < 1:
-            raise ValueError(
-                f"input: expected at least right_context_length + 1 = {R + 1} frames, got {input.shape[1]}"
-            )
-        _checks.lengths_in_range("lengths", lengths, 0, T)
+        T = self._check_utterance(input, lengths)
+        B = input.shape[0]
         dtype = self.dtype or input.dtype
-        x = input.astype(dtype)
         lengths = lengths.astype(jnp.int32)
-        N = -(-T // S)
-        segment_start = jnp.arange(N) * S
-
-        utterance = jnp.pad(x[:, :T], ((0, 0), (0, N * S - T), (0, 0))).reshape(B, N, S, -1)
-        valid_frames = jnp.clip(lengths[:, None] - segment_start[None, :], 0, S)
-        # Segment n's right context starts right after its frames, or right after the sequence's last frame.
-        rc_index = (segment_start + valid_frames)[..., None] + jnp.arange(R)  # (B, N, R)
-        D = x.shape[-1]
-        right_context = jnp.take_along_axis(x, rc_index.reshape(B, N * R)[..., None], axis=1).reshape(
-            B, N, R, D
-        )
-
-        frame_pos = segment_start[:, None] - L + jnp.arange(L + S)[None, :]  # (N, L + S)
-        masks = SegmentMasks(
-            memory=jnp.broadcast_to(jnp.arange(N)[:, None] - M + jnp.arange(M)[None, :] >= 0, (B, N, M)),
-            frames=(frame_pos[None] >= 0) & (frame_pos[None] < lengths[:, None, None]),
-            valid_frames=valid_frames,
-        )
-        memory = masked_segment_mean(utterance, valid_frames)  # layer 0's memory: means of the raw segments
-        empty = jnp.zeros((B, L, x.shape[-1]), dtype)
-        conv_cache = jnp.zeros((B, self._conv_cache_size, x.shape[-1]), dtype)
-        for layer in self.emformer_layers:
-            # Segment n sees memory [n - M, n): M empty slots, then the previous layer's memory outputs.
-            bank = jnp.zeros((B, M, x.shape[-1]), dtype)
-            if M:
-                bank = jnp.concatenate([bank, memory[:, : N - 1]], axis=1)
-            utterance, right_context, memory, *_ = layer(
-                utterance, right_context, bank, empty, empty, conv_cache, masks, deterministic
-            )
-        return utterance.reshape(B, N * S, -1)[:, :T], lengths
+        segments, right_context, _ = self.layout.split(input.astype(dtype), lengths)
+        output, _ = self._encode(segments, right_context, lengths, self.init_state(B, dtype), deterministic)
+        return output.reshape(B, -1, output.shape[-1])[:, :T], lengths
 
     # -- streaming -----------------------------------------------------------------------------------------
 
@@ -264,12 +256,7 @@ class StreamingEncoder(nn.Module):
         Returns:
             output (B, S, D), output_lengths (B,) = max(lengths - R, 0), and the new state.
         """
-        S, R, L, M = (
-            self.segment_length,
-            self.right_context_length,
-            self.left_context_length,
-            self.max_memory_size,
-        )
+        S, R = self.segment_length, self.right_context_length
         self._check_input(input, lengths, "segment_length + right_context_length")
         if input.shape[1] != S + R:
             raise ValueError(
@@ -279,56 +266,11 @@ class StreamingEncoder(nn.Module):
         B = input.shape[0]
         state = self.init_state(B, input.dtype) if state is None else state
         self._check_state(state, B)
-        dtype = self.dtype or input.dtype
-        x = input.astype(dtype)
+        x = input.astype(self.dtype or input.dtype)
         lengths = lengths.astype(jnp.int32)
-        valid = jnp.clip(lengths - R, 0, S)
-        utterance, right_context = x[:, None, :S], x[:, None, S:]
-
-        past = state.positions
-        filled_memory = jnp.minimum(M, -(-past // S))
-        filled_left = jnp.minimum(L, past)
-        frame_slot = jnp.arange(L + S)[None, :]
-        masks = SegmentMasks(
-            memory=(jnp.arange(M)[None, :] >= M - filled_memory[:, None])[:, None],
-            frames=jnp.where(
-                frame_slot < L, frame_slot >= L - filled_left[:, None], frame_slot - L < valid[:, None]
-            )[:, None],
-            valid_frames=valid[:, None],
-        )
-        memory = masked_segment_mean(utterance, masks.valid_frames)
-        new = {"memory": [], "left_context_keys": [], "left_context_values": [], "conv_cache": []}
-        for index, layer in enumerate(self.emformer_layers):
-            bank = state.memory[index].astype(dtype)
-            layer_memory = memory
-            utterance, right_context, memory, keys, values, conv_cache = layer(
-                utterance,
-                right_context,
-                bank,
-                state.left_context_keys[index],
-                state.left_context_values[index],
-                state.conv_cache[index].astype(dtype),
-                masks,
-                True,
-            )
-            new["memory"].append(jnp.concatenate([bank, layer_memory], axis=1)[:, 1:] if M else bank)
-            new["left_context_keys"].append(
-                jnp.concatenate(
-                    [state.left_context_keys[index], keys.astype(state.left_context_keys.dtype)], 1
-                )[:, S:]
-            )
-            new["left_context_values"].append(
-                jnp.concatenate(
-                    [state.left_context_values[index], values.astype(state.left_context_values.dtype)], 1
-                )[:, S:]
-            )
-            new["conv_cache"].append(conv_cache)
-        stepped = EmformerState(
-            **{name: jnp.stack(arrays).astype(getattr(state, name).dtype) for name, arrays in new.items()},
-            positions=past + S,
-        )
-        state = select_streams(valid > 0, stepped, state)
-        return utterance[:, 0], jnp.maximum(lengths - R, 0), state
+        valid = self.layout.chunk_valid_frames(lengths)
+        output, stepped = self._encode(x[:, None, :S], x[:, None, S:], valid, state, True)
+        return output[:, 0], jnp.maximum(lengths - R, 0), select_streams(valid > 0, stepped, state)
 
     def stream(self, input: jax.Array, lengths: jax.Array, state: EmformerState | None = None):
         """Streams whole utterances segment by segment, as one ``lax.scan`` over ``infer``.
@@ -343,16 +285,10 @@ class StreamingEncoder(nn.Module):
         Returns:
             output (B, T, D), output_lengths (B,) (= lengths), and the state after each stream's last segment.
         """
-        self._check_input(input, lengths, "T + right_context_length")
-        S, R = self.segment_length, self.right_context_length
-        B, T = input.shape[0], input.shape[1] - R
-        if T < 1:
-            raise ValueError(
-                f"input: expected at least right_context_length + 1 = {R + 1} frames, got {input.shape[1]}"
-            )
-        _checks.lengths_in_range("lengths", lengths, 0, T)
+        T = self._check_utterance(input, lengths)
+        B = input.shape[0]
         lengths = lengths.astype(jnp.int32)
-        chunks, chunk_lengths = segment_chunks(input, lengths, S, R)
+        chunks, chunk_lengths = self.layout.chunks(input, lengths)
 
         state = self.init_state(B, input.dtype) if state is None else state
         self._check_state(state, B)

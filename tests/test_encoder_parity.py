@@ -133,7 +133,12 @@ def test_state_has_fixed_shapes_and_init_needs_no_parameters(kind):
     assert state.memory.shape == (3, 5, 2, D)
     assert state.left_context_keys.shape == state.left_context_values.shape == (3, 5, 3, D)
     assert state.positions.shape == (5,) and state.positions.dtype == jnp.int32
-    assert state.conv_cache.shape == (3, 5, 5 if kind is ConvEmformer else 0, D)
+    assert len(state.layers) == 3
+    if kind is ConvEmformer:
+        assert state.conv_cache.shape == (3, 5, 5, D)
+        assert all(layer.conv_cache.shape == (5, 5, D) for layer in state.layers)
+    else:  # only ConvEmformer's layers declare a convolution cache
+        assert not any(hasattr(layer, "conv_cache") for layer in state.layers)
 
 
 @pytest.mark.parametrize("kind", ["emformer", "conv_emformer"])

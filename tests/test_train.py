@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from streamformer.decoding import stream_segments
 from train import config as config_lib
 from train.__main__ import main as cli
 from train.checkpoint import CheckpointMismatchError, Checkpoints
-from train.evaluate import edit_distance, error_rates, stream_segments
+from train.evaluate import edit_distance, error_rates
 from train.trainer import init_state, make_optimizer, make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]

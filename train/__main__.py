@@ -235,9 +235,8 @@ def transcribe_file(run: Run, model, variables, path: str, beam: int = 0, out=No
     """Streams an audio file through the model segment by segment, printing the transcript as it grows."""
     import numpy as np
 
-    from streamformer.decoding import StreamingDecoder
+    from streamformer.decoding import StreamingDecoder, stream_segments
     from train.data import load_audio
-    from train.evaluate import stream_segments
     from train.prepare import log_mel_features, normalize
 
     out = out or sys.stdout

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax.numpy as jnp
-import numpy as np
-
-from streamformer.decoding import StreamingDecoder, beam_search, greedy_search
+from streamformer.decoding import StreamingDecoder, beam_search, greedy_search, stream_segments
 from streamformer.rnnt import RNNT
-from streamformer.streaming import segment_chunks
 from streamformer.text import Tokenizer
 from train import data as data_lib
 
-__all__ = ["edit_distance", "error_rates", "decode", "evaluate", "stream_segments"]
+__all__ = ["edit_distance", "error_rates", "decode", "evaluate"]
 
 
 def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
@@ -49,24 +45,6 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
         "char_errors": char_errors,
         "utterances": len(references),
     }
-
-
-def stream_segments(
-    features: np.ndarray, lengths: np.ndarray, segment_length: int, right_context_length: int
-):
-    """Yields (chunk (B, S + R, F), chunk_lengths (B,)) as streams deliver them (``segment_chunks``'s layout):
-    chunk i holds frames [i S, i S + S) and then the R look-ahead frames that follow the stream's valid frames;
-    its length counts both, 0 once a stream has nothing new (StreamingDecoder.step's convention). Frames past
-    ``features``' end count as zeros."""
-    S, R = segment_length, right_context_length
-    B, _, F = features.shape
-    num_chunks = int(-(-int(lengths.max()) // S))
-    padded = np.zeros((B, max(num_chunks * S + R, features.shape[1]), F), features.dtype)
-    padded[:, : features.shape[1]] = features
-    chunks, chunk_lengths = segment_chunks(jnp.asarray(padded), jnp.asarray(lengths, jnp.int32), S, R)
-    chunks, chunk_lengths = np.asarray(chunks), np.asarray(chunk_lengths, np.int32)
-    for i in range(num_chunks):
-        yield chunks[:, i], chunk_lengths[:, i]
 
 
 def decode(

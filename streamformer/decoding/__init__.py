@@ -1,0 +1,39 @@
+"""RNN-T decoding: greedy and beam search, offline and streaming, batched and jit-compiled.
+
+torchaudio's ``RNNTBeamSearch`` decodes one utterance at a time in a Python loop over lists of hypotheses.
+Here the same searches run on fixed-shape arrays inside compiled programs, for a batch of utterances at once.
+
+- ``greedy``: ``greedy_search`` (offline), ``GreedySearch`` / ``greedy_frames`` (the search over frames).
+- ``beam``: torchaudio's beam search: ``beam_search`` (offline), ``BeamSearch`` / ``beam_frames``.
+- ``streaming``: ``StreamingDecoder`` (one compiled step per segment for a batch of independent streams, with
+  a search object chosen once) and ``stream_segments`` (the chunk feeder).
+
+The predictor is primed with the blank token; returned tokens exclude that initial blank. Token ids are
+returned raw: ``streamformer.text.TokenProcessor`` (torchaudio's ``_SentencePieceTokenProcessor``) turns them
+into text; it drops the first token as torchaudio's does, so give it ``[blank, *hypothesis.tokens]``.
+
+Where we differ from torchaudio on purpose: frames past an utterance's valid length (padding, or the part of
+a last partial segment with no frames) are not decoded. torchaudio decodes every frame of the encoder output
+it is given, valid or not.
+"""
+
+from .beam import BeamSearch, BeamState, Hypothesis, beam_frames, beam_search, init_beam_state
+from .greedy import GreedySearch, GreedyState, greedy_frames, greedy_search, init_greedy_state
+from .streaming import StreamingDecoder, StreamingDecoderState, stream_segments
+
+__all__ = [
+    "BeamSearch",
+    "BeamState",
+    "GreedySearch",
+    "GreedyState",
+    "Hypothesis",
+    "StreamingDecoder",
+    "StreamingDecoderState",
+    "beam_frames",
+    "beam_search",
+    "greedy_frames",
+    "greedy_search",
+    "init_beam_state",
+    "init_greedy_state",
+    "stream_segments",
+]
