@@ -16,7 +16,9 @@ Three steps, each public, and a convenience that runs them in order (:func:`prun
    ``prune_range - 1`` (no label skipped), the first frame starting at 0 and each sequence's last frame
    ending at its last label.
 3. :func:`rnnt_loss_pruned`: the real joiner evaluated only on the (B, T, prune_range) nodes of the windows,
-   and the RNN-T recursion over the lattice restricted to them (every other node has probability 0).
+   and the RNN-T recursion over the lattice restricted to them (every other node has probability 0). As
+   ``rnnt_loss_from_encodings`` does for the full lattice, the joiner runs on chunks of frames and its logits
+   are recomputed in the backward pass, so that only a chunk of (B, Tc, prune_range, V) logits lives at once.
 
 Arc layout: everything here is (B, T, U + 1) in the lattice's (frame, label position) order, as in
 :mod:`streamformer.rnnt_loss`: ``blank[b, t, u]`` is the arc (t, u) -> (t + 1, u) (at the last frame and
@@ -371,28 +373,19 @@ def _lattice_to_window(x: Array, positions: Array) -> Array:
     return jnp.where(positions < nodes, gathered, 0.0)
 
 
-def _pruned_costs_fwd(logits, start, label_index, frame_lengths, target_lengths, nodes, blank):
-    dtype = _compute_dtype(logits.dtype)
-    x = logits.astype(dtype)
+def _window_log_probs(logits: Array, label_index: Array, blank: int) -> tuple[Array, Array, Array]:
+    """(B, Tc, K, V) logits -> log-probabilities of blank and of the label, softmax denominators (B, Tc, K)."""
+    x = logits.astype(_compute_dtype(logits.dtype))
     peak = jnp.max(x, axis=-1)
-    peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
-    denominator = peak + jnp.log(jnp.sum(jnp.exp(x - peak[..., None]), axis=-1))  # (B, T, K)
+    peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
+    denominator = peak + jnp.log(jnp.sum(jnp.exp(x - peak[..., None]), axis=-1))
     blank_lp = x[..., blank] - denominator
     label_lp = jnp.take_along_axis(x, label_index[..., None], axis=-1)[..., 0] - denominator
-    costs, blank_occ, label_occ, _ = _arc_occupancies(
-        _window_to_lattice(blank_lp, start, nodes),
-        _window_to_lattice(label_lp, start, nodes),
-        frame_lengths,
-        target_lengths,
-        0.0,
-    )
-    positions = start[..., None] + jnp.arange(logits.shape[2])
-    occupancies = (_lattice_to_window(blank_occ, positions), _lattice_to_window(label_occ, positions))
-    return costs, (logits, denominator, label_index, occupancies)
+    return blank_lp, label_lp, denominator
 
 
-def _pruned_costs_bwd(nodes, blank, residuals, cost_cotangent):
-    logits, denominator, label_index, (blank_occ, label_occ) = residuals
+def _window_logits_gradient(logits, denominator, label_index, blank_occ, label_occ, cost_cotangent, blank):
+    """d cost / d logits (B, Tc, K, V) from the window occupancies, times each sequence's cotangent."""
     dtype = denominator.dtype
     classes = jnp.arange(logits.shape[-1])
     emitted = jnp.where(classes == blank, blank_occ[..., None], 0.0) + jnp.where(
@@ -402,16 +395,79 @@ def _pruned_costs_bwd(nodes, blank, residuals, cost_cotangent):
     # Occupancies are exactly 0 outside the valid lattice; the where keeps junk logits (inf) out as well.
     occupied = (blank_occ + label_occ)[..., None]
     grad = jnp.where(occupied > 0, occupied * probs, 0.0) - emitted
-    grad = grad * cost_cotangent.astype(dtype)[:, None, None, None]
-    return grad.astype(logits.dtype), None, None, None, None
+    return (grad * cost_cotangent.astype(dtype)[:, None, None, None]).astype(logits.dtype)
 
 
-def _pruned_costs_impl(logits, start, label_index, frame_lengths, target_lengths, nodes, blank):
-    return _pruned_costs_fwd(logits, start, label_index, frame_lengths, target_lengths, nodes, blank)[0]
+def _make_pruned_costs(
+    joiner: Callable[..., Array], num_chunks: int, chunk_size: int, frames: int, nodes: int, blank: int
+) -> Callable[..., Array]:
+    """Custom-VJP (source (B, Tp, D), pruned target (B, Tp, K, D), consts, start (B, Tp), label_index
+    (B, Tp, K), lengths...) -> costs (B,), with Tp = num_chunks * chunk_size.
 
+    The joiner runs ``chunk_size`` frames at a time. The forward pass keeps the (B, T, K) log-probabilities of
+    blank and of the label and the softmax denominators; the backward pass recomputes each chunk's logits, forms
+    their analytic gradient and pulls it back through ``joiner`` (closure-converted: (source_chunk,
+    pruned_target_chunk, *consts) -> logits), so that no more than a chunk of (B, Tc, K, V) logits lives at once.
+    """
 
-_pruned_costs = jax.custom_vjp(_pruned_costs_impl, nondiff_argnums=(5, 6))
-_pruned_costs.defvjp(_pruned_costs_fwd, _pruned_costs_bwd)
+    def split_chunks(x):  # (B, Tp, ...) -> (num_chunks, B, chunk_size, ...)
+        return jnp.moveaxis(x.reshape(x.shape[0], num_chunks, chunk_size, *x.shape[2:]), 1, 0)
+
+    def join_chunks(x):  # (num_chunks, B, chunk_size, ...) -> (B, Tp, ...)
+        x = jnp.moveaxis(x, 0, 1)
+        return x.reshape(x.shape[0], num_chunks * chunk_size, *x.shape[3:])
+
+    def forward(source, pruned_target, consts, start, label_index, frame_lengths, target_lengths):
+        def chunk_log_probs(chunk):
+            source_chunk, target_chunk, label_chunk = chunk
+            return _window_log_probs(joiner(source_chunk, target_chunk, *consts), label_chunk, blank)
+
+        chunks = jax.tree.map(split_chunks, (source, pruned_target, label_index))
+        blank_lp, label_lp, denominator = jax.tree.map(join_chunks, jax.lax.map(chunk_log_probs, chunks))
+        window_start = start[:, :frames]
+        costs, blank_occ, label_occ, _ = _arc_occupancies(
+            _window_to_lattice(blank_lp[:, :frames], window_start, nodes),
+            _window_to_lattice(label_lp[:, :frames], window_start, nodes),
+            frame_lengths,
+            target_lengths,
+            0.0,
+        )
+        positions = start[..., None] + jnp.arange(label_index.shape[-1])
+        pad = [(0, 0), (0, num_chunks * chunk_size - frames), (0, 0)]
+        occupancies = tuple(
+            _lattice_to_window(jnp.pad(x, pad), positions) for x in (blank_occ, label_occ)
+        )  # (B, Tp, K) each; padded frames 0
+        return costs, (source, pruned_target, consts, label_index, denominator, occupancies)
+
+    def backward(residuals, cost_cotangent):
+        source, pruned_target, consts, label_index, denominator, (blank_occ, label_occ) = residuals
+
+        def chunk_backward(accumulated, chunk):
+            source_chunk, target_chunk, label_chunk, denominator_chunk, blank_chunk, label_occ_chunk = chunk
+            logits, pullback = jax.vjp(joiner, source_chunk, target_chunk, *consts)
+            grad = _window_logits_gradient(
+                logits, denominator_chunk, label_chunk, blank_chunk, label_occ_chunk, cost_cotangent, blank
+            )
+            source_grad, target_grad, *consts_grad = pullback(grad)
+            accumulated = jax.tree.map(
+                lambda acc, g: acc + g.astype(acc.dtype), accumulated, tuple(consts_grad)
+            )
+            return accumulated, (source_grad, target_grad)
+
+        # Sums over chunks accumulate in at least float32 (bfloat16 weights would lose their low bits).
+        zeros = jax.tree.map(
+            lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)), tuple(consts)
+        )
+        chunks = jax.tree.map(
+            split_chunks, (source, pruned_target, label_index, denominator, blank_occ, label_occ)
+        )
+        accumulated, (source_grad, target_grad) = jax.lax.scan(chunk_backward, zeros, chunks)
+        consts_grad = jax.tree.map(lambda g, x: g.astype(x.dtype), accumulated, tuple(consts))
+        return join_chunks(source_grad), join_chunks(target_grad), consts_grad, None, None, None, None
+
+    costs_fn = jax.custom_vjp(lambda *args: forward(*args)[0])
+    costs_fn.defvjp(forward, backward)
+    return costs_fn
 
 
 def rnnt_loss_pruned(
@@ -425,6 +481,7 @@ def rnnt_loss_pruned(
     *,
     blank: int = -1,
     reduction: str = "mean",
+    chunk_size: int = 64,
 ) -> Array:
     """RNN-T loss over the lattice nodes inside ``ranges`` only, the joiner run on those nodes alone.
 
@@ -436,14 +493,17 @@ def rnnt_loss_pruned(
         target_encodings: (B, U + 1, D) predictor output (blank-prefixed targets).
         joiner: JAX-traceable ``(source_encodings (B, T, D), pruned_target_encodings (B, T, K, D)) -> logits
             (B, T, K, V)``, joining frame t with its K gathered target encodings (e.g.
-            ``streamformer.rnnt.pruned_joiner_fn(model, variables)``). Gradients flow through it by plain
-            autodiff into what it closes over and into both encodings.
+            ``streamformer.rnnt.pruned_joiner_fn(model, variables)``); it must treat frames independently
+            (as a joiner does). Gradients flow into the values it closes over and into both encodings.
         ranges: (B, T, K) integer label positions per frame, ``ranges[b, t, k] = ranges[b, t, 0] + k``
             (from :func:`rnnt_prune_ranges`).
         targets: (B, U) integer labels without blank.
         source_lengths: (B,) integer valid frames, in [1, T].
         target_lengths: (B,) integer valid labels, in [0, U].
         blank, reduction: as in :func:`streamformer.rnnt_loss`.
+        chunk_size: frames joined at once (T is padded up to a multiple of it). The forward pass keeps only
+            (B, T, K) log-probabilities; the backward pass recomputes the logits chunk by chunk, so at most
+            (B, chunk_size, K, V) logits live at once (one extra joiner forward for that memory).
 
     Returns:
         float32 loss ((B,) for reduction "none", else a scalar); float64 when the joiner returns float64.
@@ -465,6 +525,8 @@ def rnnt_loss_pruned(
     _checks.integer_array("ranges", ranges)
     size = ranges.shape[2]
     _check_prune_range(size)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
     targets, source_lengths, target_lengths = map(_as_array, (targets, source_lengths, target_lengths))
     _check_common(
         batch=batch,
@@ -524,8 +586,20 @@ def rnnt_loss_pruned(
         jnp.clip(positions, 0, nodes - 1).reshape(batch, -1),
         1,
     ).reshape(positions.shape)
-    logits = joiner(source, pruned_target)
-    costs = _pruned_costs(logits, start, label_index, frame_lengths, labels, nodes, blank)
+
+    chunk_size = int(min(chunk_size, frames))
+    num_chunks = -(-frames // chunk_size)
+    pad = num_chunks * chunk_size - frames
+
+    def pad_frames(x):
+        return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+
+    source, pruned_target, start, label_index = map(pad_frames, (source, pruned_target, start, label_index))
+    converted_joiner, consts = jax.closure_convert(
+        joiner, source[:, :chunk_size], pruned_target[:, :chunk_size]
+    )
+    costs_fn = _make_pruned_costs(converted_joiner, num_chunks, chunk_size, frames, nodes, blank)
+    costs = costs_fn(source, pruned_target, tuple(consts), start, label_index, frame_lengths, labels)
     return _reduce(costs, reduction)
 
 
@@ -549,6 +623,7 @@ def pruned_rnnt_loss(
     reduction: str = "mean",
     lm_only_scale: float = 0.25,
     am_only_scale: float = 0.0,
+    chunk_size: int = 64,
 ) -> tuple[Array, Array]:
     """The simple loss, the ranges from its occupations, and the pruned loss, as icefall trains with them.
 
@@ -559,6 +634,7 @@ def pruned_rnnt_loss(
         targets, source_lengths, target_lengths, blank, reduction: as in :func:`rnnt_loss_pruned`.
         prune_range: label positions evaluated per frame (K).
         lm_only_scale, am_only_scale: the simple loss's smoothing (icefall: 0.25 and 0.0).
+        chunk_size: frames the pruned loss joins at once (see :func:`rnnt_loss_pruned`).
 
     Returns:
         ``(simple_loss, pruned_loss)``, each reduced as ``reduction`` says. The ranges carry no gradient;
@@ -618,5 +694,6 @@ def pruned_rnnt_loss(
         target_lengths,
         blank=blank,
         reduction=reduction,
+        chunk_size=chunk_size,
     )
     return simple_loss, pruned_loss

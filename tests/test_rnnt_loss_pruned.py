@@ -336,7 +336,7 @@ def test_ranges_hold_a_peaked_alignment(simple_fn):
 # --------------------------------------------------------------------------------------------------
 
 
-def _pruned_vs_full(case, size, dtype_rtol, atol):
+def _pruned_vs_full(case, size, dtype_rtol, atol, chunk_size=64):
     args = (case["targets"], case["frame_lengths"], case["target_lengths"])
     windows = full_windows(case, size)
 
@@ -345,7 +345,7 @@ def _pruned_vs_full(case, size, dtype_rtol, atol):
 
     def pruned(p, s, t):
         joiner = lambda src, tgt: pruned_join(p, src, tgt)  # noqa: E731
-        return rnnt_loss_pruned(s, t, joiner, windows, *args, reduction="sum")
+        return rnnt_loss_pruned(s, t, joiner, windows, *args, reduction="sum", chunk_size=chunk_size)
 
     inputs = (case["params"], case["source"], case["target"])
     expected, expected_grads = jax.jit(jax.value_and_grad(full, (0, 1, 2)))(*inputs)
@@ -356,14 +356,14 @@ def _pruned_vs_full(case, size, dtype_rtol, atol):
     return value, grads
 
 
-@pytest.mark.parametrize("extra", [0, 2])
-def test_pruned_with_full_windows_equals_full_joint_float32(case, extra):
+@pytest.mark.parametrize(("extra", "chunk_size"), [(0, 64), (2, 3)])
+def test_pruned_with_full_windows_equals_full_joint_float32(case, extra, chunk_size):
     # Junk (1e4) in every padded frame and label position: the full path masks it, so must the pruned one.
     clean = {**case, "source": case["source"].copy(), "target": case["target"].copy()}
     frame_valid, node_valid = valid_masks(case)
     clean["source"][~frame_valid] = 0.0
     clean["target"][~node_valid] = 0.0
-    _, grads = _pruned_vs_full(clean, case["target"].shape[1] + extra, 1e-4, 1e-5)
+    _, grads = _pruned_vs_full(clean, case["target"].shape[1] + extra, 1e-4, 1e-5, chunk_size)
     # Junk padding changes nothing, and gets exactly zero gradient.
     args = (case["targets"], case["frame_lengths"], case["target_lengths"])
     windows = full_windows(case, case["target"].shape[1] + extra)
@@ -436,7 +436,9 @@ def test_pruned_equals_autodiff_of_a_plain_reference(case):
         return rnnt_loss(log_probs, *args, reduction="sum", fused_log_softmax=False)
 
     def pruned(p, s, t):
-        return rnnt_loss_pruned(s, t, lambda a, b: pruned_join(p, a, b), ranges, *args, reduction="sum")
+        return rnnt_loss_pruned(
+            s, t, lambda a, b: pruned_join(p, a, b), ranges, *args, reduction="sum", chunk_size=2
+        )
 
     expected, expected_grads = jax.jit(jax.value_and_grad(reference, (0, 1, 2)))(
         case["params"], source, target
@@ -644,5 +646,7 @@ def test_bad_input_is_rejected_clearly(case):
         rnnt_loss_pruned(src, tgt, joiner, windows[..., ::-1], *args)
     with pytest.raises(ValueError, match=r"joiner: expected floating logits of shape \(B, T, K, V\)"):
         rnnt_loss_pruned(src, tgt, lambda s, t: full_join(case["params"], s, tgt), windows, *args)
+    with pytest.raises(ValueError, match=r"chunk_size: expected an int >= 1, got 0"):
+        rnnt_loss_pruned(src, tgt, joiner, windows, *args, chunk_size=0)
     with pytest.raises(ValueError, match=r"source_lengths: expected shape \(B,\) = \(3,\)"):
         rnnt_loss_pruned(src, tgt, joiner, windows, args[0], args[1][:1], args[2])
