@@ -253,11 +253,15 @@ def test_pruned_loss_step_trains(step_setup):
     assert "simple_loss" in state.params
     step = jax.jit(make_train_step(model, optimizer, config, blank=24))
     losses = []
-    for _ in range(6):
+    for _ in range(4):
         state, metrics = step(state, batch)
         assert bool(metrics["finite"])
         losses.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    from train.trainer import make_eval_loss
+
+    loss_sum, count = jax.jit(make_eval_loss(model, config, blank=24))(state.params, batch)
+    assert np.isfinite(float(loss_sum)) and float(count) == 3
 
 
 # ------------------------------------------------------------------------------------------------------------
