@@ -1,4 +1,5 @@
-"""One training step of emformer_rnnt_base (the base preset's model, V = 4097) with each loss, in one process:
+"""One training step of emformer_rnnt_base (the base preset's model, V = 4097; ``--preset`` picks another) with
+each loss, in one process:
 train.trainer's jitted train_step (forward, backward, Adam update) on a batch of B=8 utterances of 1000 feature
 frames (T' = 250 encoder frames) and U=80 labels.
 
@@ -34,6 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--preset", default="base", help="train preset whose model and optimizer to use")
+    parser.add_argument("--vocab", type=int, default=4097, help="V, blank included")
     parser.add_argument("--losses", default="pruned,efficient,full")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--frames", type=int, default=1000)
@@ -44,22 +47,27 @@ def main() -> None:
         "--memory-only", action="store_true", help="compile and report peak memory, do not run"
     )
     args = parser.parse_args()
-    B, U, V = args.batch, args.labels, 4097
+    B, U, V = args.batch, args.labels, args.vocab
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} CPUs, jax {jax.__version__}; "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
-    base = config_lib.preset("base")
+    base = config_lib.preset(args.preset)
     rng = np.random.default_rng(0)
     right_context = base.model.right_context_length
     batch = {
-        "features": rng.standard_normal((B, args.frames + right_context, 80)).astype(np.float32),
+        "features": rng.standard_normal((B, args.frames + right_context, base.model.input_dim)).astype(
+            np.float32
+        ),
         "feature_lengths": np.full((B,), args.frames, np.int32),
         "targets": rng.integers(0, V - 1, (B, U)).astype(np.int32),
         "target_lengths": np.full((B,), U, np.int32),
         "valid": np.ones((B,), bool),
     }
-    print(f"shape: B={B}, {args.frames} feature frames (T'={args.frames // 4}), U={U}, V={V}")
+    stride = base.model.time_reduction_stride
+    print(
+        f"preset {args.preset}; shape: B={B}, {args.frames} feature frames (T'={args.frames // stride}), U={U}, V={V}"
+    )
     variants = {
         "pruned": dict(loss="pruned", prune_range=5),
         "efficient": dict(loss="full", loss_chunk_frames=16),
