@@ -52,8 +52,7 @@ def main() -> None:
     model = emformer_rnnt_base(V)
     if use_torch:
         import torch
-
-        from convert import from_torchaudio, reference
+        from streamformer.convert import from_torchaudio, reference
 
         torch.set_num_threads(2)
         ta = reference.load()

@@ -22,10 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from _timing import median_time
+from streamformer.convert import reference
 
-import convert
-from convert import reference
-from streamformer import ConvEmformer, Emformer
+from streamformer import ConvEmformer, Emformer, convert
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 

@@ -16,8 +16,8 @@ import types
 import jax
 import numpy as np
 import torch
+from streamformer.convert import reference
 
-from convert import reference
 from streamformer import features as F
 
 

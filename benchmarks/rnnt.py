@@ -28,8 +28,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _timing import median_time  # noqa: E402
+from streamformer.convert import from_torchaudio, reference  # noqa: E402
 
-from convert import from_torchaudio, reference  # noqa: E402
 from streamformer.rnnt import emformer_rnnt_base  # noqa: E402
 
 FRAMES, MELS = 1000, 80

@@ -1,4 +1,4 @@
-"""``python -m convert``: see convert/cli.py."""
+"""``python -m streamformer.convert``: see convert/cli.py."""
 
 import sys
 

@@ -1,8 +1,8 @@
-"""``python -m convert``: a torchaudio checkpoint in, an orbax checkpoint of the Flax parameters out.
+"""``python -m streamformer.convert``: a torchaudio checkpoint in, an orbax checkpoint of the Flax parameters out.
 
 Usage::
 
-    python -m convert CHECKPOINT FACTORY OUTPUT [--num-symbols N] [--arg NAME=VALUE ...] [--kwargs JSON]
+    python -m streamformer.convert CHECKPOINT FACTORY OUTPUT [--num-symbols N] [--arg NAME=VALUE ...] [--kwargs JSON]
                       [--no-verify] [--atol A] [--overwrite]
 
 - CHECKPOINT: a torchaudio state dict, ``.pt``/``.pth`` (read with ``torch.load(weights_only=True)``) or
@@ -38,7 +38,7 @@ import numpy as np
 
 from . import from_torchaudio, load_state_dict
 
-__all__ = ["FACTORIES", "build_model", "convert_checkpoint", "load_converted", "main"]
+__all__ = ["FACTORIES", "build_model", "convert_checkpoint", "load_converted", "main", "torchaudio_model", "verify"]
 
 
 def _emformer(**kwargs):
@@ -82,7 +82,7 @@ def build_model(factory: str, kwargs: dict[str, Any]):
         raise ValueError(f"{factory}: bad or missing arguments {sorted(kwargs)}: {error}") from error
 
 
-def _torchaudio_model(factory: str, kwargs: dict[str, Any]):
+def torchaudio_model(factory: str, kwargs: dict[str, Any]):
     """The torchaudio 2.8 reference counterpart (eval mode)."""
     from . import reference
 
@@ -132,7 +132,7 @@ def verify(
     encoders)."""
     import torch
 
-    reference = _torchaudio_model(factory, kwargs)
+    reference = torchaudio_model(factory, kwargs)
     reference.load_state_dict(
         {k: torch.from_numpy(np.array(v, np.float32)) for k, v in state_dict.items()}, strict=True
     )
@@ -187,7 +187,7 @@ def _save(output: str, variables, metadata: dict[str, Any], overwrite: bool) -> 
 
 
 def load_converted(path: str | os.PathLike):
-    """Reads a ``python -m convert`` output folder: returns ``(model, variables)``."""
+    """Reads a ``python -m streamformer.convert`` output folder: returns ``(model, variables)``."""
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(os.fspath(path))
@@ -248,7 +248,7 @@ def _parse_value(text: str) -> Any:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m convert",
+        prog="python -m streamformer.convert",
         description="Convert a torchaudio checkpoint into an orbax checkpoint of streamformer parameters.",
     )
     parser.add_argument("checkpoint", help="torchaudio state dict: .pt, .pth or .safetensors")

@@ -255,16 +255,8 @@ class ConvEmformer(StreamingEncoder):
 
     def _make_layer(self, index: int) -> ConvEmformerLayer:
         return ConvEmformerLayer(
-            input_dim=self.input_dim,
-            num_heads=self.num_heads,
-            ffn_dim=self.ffn_dim,
             kernel_size=self.kernel_size,
-            dropout=self.dropout,
             ffn_activation=self.ffn_activation,
-            weight_init_gain=self._weight_init_gain(index),
-            tanh_on_mem=self.tanh_on_mem,
-            negative_inf=self.negative_inf,
             conv_activation=self.conv_activation,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            **self._layer_arguments(index),
         )

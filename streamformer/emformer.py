@@ -144,15 +144,4 @@ class Emformer(StreamingEncoder):
         super().__post_init__()
 
     def _make_layer(self, index: int) -> EmformerLayer:
-        return EmformerLayer(
-            input_dim=self.input_dim,
-            num_heads=self.num_heads,
-            ffn_dim=self.ffn_dim,
-            dropout=self.dropout,
-            activation=self.activation,
-            weight_init_gain=self._weight_init_gain(index),
-            tanh_on_mem=self.tanh_on_mem,
-            negative_inf=self.negative_inf,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        return EmformerLayer(activation=self.activation, **self._layer_arguments(index))

@@ -20,24 +20,22 @@ Value checks (lengths in range, no NaN or Inf) run only on concrete arrays, neve
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import math
 import os
-import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._io import atomic_write_text
+from . import _checks
+from .io import atomic_write_text
 
-Array = Any
+Array = jax.Array
 
 # The EMFORMER_RNNT_BASE_LIBRISPEECH bundle's settings.
 SAMPLE_RATE = 16000
@@ -199,10 +197,6 @@ def _hann_window(n_fft: int) -> np.ndarray:
 # Input checks
 
 
-def _is_concrete(x: Array) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def _check_waveform(waveform: Array, config: MelConfig, sample_rate: int | None) -> Array:
     if sample_rate is not None and sample_rate != config.sample_rate:
         raise ValueError(
@@ -226,7 +220,7 @@ def _check_waveform(waveform: Array, config: MelConfig, sample_rate: int | None)
             f"waveform: expected at least n_fft // 2 + 1 = {config.min_samples} samples (reflect padding), "
             f"got {num_samples}"
         )
-    if _is_concrete(waveform) and not bool(jnp.isfinite(waveform).all()):
+    if _checks.is_concrete(waveform) and not bool(jnp.isfinite(waveform).all()):
         bad = np.argwhere(~np.isfinite(np.asarray(waveform, dtype=np.float32)))
         if bad.size:
             raise ValueError(
@@ -246,7 +240,7 @@ def _check_lengths(lengths: Array | None, waveform: Array, config: MelConfig) ->
         raise ValueError(f"lengths: expected shape {tuple(expected)}, got {tuple(lengths.shape)}")
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"lengths: expected an integer dtype, got {lengths.dtype}")
-    if _is_concrete(lengths):
+    if _checks.is_concrete(lengths):
         values = np.asarray(lengths).reshape(-1)
         low, high = config.min_samples, waveform.shape[-1]
         bad = (values < low) | (values > high)
@@ -623,25 +617,3 @@ def global_stats_of_files(paths: Iterable[str], config: MelConfig = MelConfig())
             yield log_mel_spectrogram(padded, lengths, config=config), frame_lengths(lengths, config)
 
     return compute_global_stats(features())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streamformer.features stats --out stats.json FILES...``"""
-    parser = argparse.ArgumentParser(
-        prog="python -m streamformer.features", description=__doc__.split("\n")[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    stats = commands.add_parser(
-        "stats", help="global feature statistics of audio files, torchaudio's JSON format"
-    )
-    stats.add_argument("--out", required=True, help="JSON file to write")
-    stats.add_argument("files", nargs="+", help="16 kHz mono audio files (wav, flac, ...)")
-    args = parser.parse_args(argv)
-    result = global_stats_of_files(args.files)
-    result.save(args.out)
-    print(f"wrote {args.out}: {len(args.files)} file(s), {result.num_features} features", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -43,20 +43,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _checks
+
 __all__ = ["rnnt_loss", "rnnt_loss_from_encodings"]
 
 _REDUCTIONS = ("none", "mean", "sum")
 
-Array = Any
+Array = jax.Array
 
 
 # --------------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------------
-
-
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 def _as_array(x: Any) -> Any:
@@ -108,14 +106,14 @@ def _check_common(
         if tuple(jnp.shape(value)) != (batch,):
             raise ValueError(f"{name}: expected shape (B,) = ({batch},), got {tuple(jnp.shape(value))}")
 
-    if _is_concrete(frame_lengths):
+    if _checks.is_concrete(frame_lengths):
         lengths = np.asarray(frame_lengths)
         if lengths.size and (lengths.min() < 1 or lengths.max() > max_frames):
             raise ValueError(
                 f"{frame_lengths_name}: expected values in [1, {max_frames}] (T = {max_frames}), "
                 f"got min {lengths.min()}, max {lengths.max()}"
             )
-    if _is_concrete(target_lengths):
+    if _checks.is_concrete(target_lengths):
         lengths = np.asarray(target_lengths)
         if lengths.size and (lengths.min() < 0 or lengths.max() > max_target):
             raise ValueError(
@@ -126,7 +124,7 @@ def _check_common(
 
 def _check_target_values(targets: Any, target_lengths: Any, vocab: int, blank: int) -> None:
     """Check the labels inside each sequence's target length (padding may hold anything)."""
-    if not (_is_concrete(targets) and _is_concrete(target_lengths)):
+    if not (_checks.is_concrete(targets) and _checks.is_concrete(target_lengths)):
         return
     labels = np.asarray(targets)
     lengths = np.asarray(target_lengths)

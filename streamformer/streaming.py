@@ -137,6 +137,20 @@ class StreamingEncoder(nn.Module):
             return 1.0 / math.sqrt(2)
         return None
 
+    def _layer_arguments(self, layer_index: int) -> dict:
+        """The constructor arguments every layer kind takes from the encoder."""
+        return dict(
+            input_dim=self.input_dim,
+            num_heads=self.num_heads,
+            ffn_dim=self.ffn_dim,
+            dropout=self.dropout,
+            weight_init_gain=self._weight_init_gain(layer_index),
+            tanh_on_mem=self.tanh_on_mem,
+            negative_inf=self.negative_inf,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
     @nn.nowrap
     def _init_layer_state(self, batch_size: int, dtype: Dtype) -> EmformerLayerState:
         return EmformerLayerState.zeros(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write_bytes
+from .io import atomic_write_bytes
 
 # torchaudio's train_spm.py ids.
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-import convert
-from streamformer import ConvEmformer, Emformer
+from streamformer import ConvEmformer, Emformer, convert
 
 TOL = 1e-4
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import convert
-from streamformer import ConvEmformer, Emformer
+from streamformer import ConvEmformer, Emformer, convert
 
 CONFIG = dict(
     input_dim=8,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 from flax import traverse_util
+from streamformer.convert import ConversionError, from_torchaudio, to_torchaudio, torchaudio_key
+from streamformer.convert.cli import load_converted, main
 
-from convert import ConversionError, from_torchaudio, to_torchaudio, torchaudio_key
-from convert.cli import load_converted, main
 from streamformer.rnnt import emformer_rnnt_base, emformer_rnnt_model
 
 TINY = dict(
@@ -111,7 +111,7 @@ def test_cli_end_to_end_from_pt(tiny_checkpoint):
     """``python -m convert`` in a subprocess: converts, verifies against torchaudio, writes orbax; reloads."""
     folder, path, reference = tiny_checkpoint
     output = folder / "out_pt"
-    args = [sys.executable, "-m", "convert", str(path), "emformer_rnnt_model", str(output)]
+    args = [sys.executable, "-m", "streamformer.convert", str(path), "emformer_rnnt_model", str(output)]
     for name, value in TINY.items():
         args += ["--arg", f"{name}={json.dumps(value)}"]
     result = subprocess.run(
@@ -165,7 +165,7 @@ def test_cli_errors(tiny_checkpoint, capsys):
 
 def test_cli_other_factories(torchaudio_ref, tmp_path, capsys):
     """conv_emformer_rnnt_model (torchaudio RNNT with a ConvEmformer transcriber) and a plain Emformer."""
-    from convert.cli import _torchaudio_model
+    from streamformer.convert.cli import torchaudio_model
 
     conv_kwargs = {**TINY, "transformer_kernel_size": 3}
     emformer_kwargs = {
@@ -180,7 +180,7 @@ def test_cli_other_factories(torchaudio_ref, tmp_path, capsys):
     }
     for factory, kwargs in (("conv_emformer_rnnt_model", conv_kwargs), ("emformer", emformer_kwargs)):
         torch.manual_seed(4)
-        reference = _torchaudio_model(factory, kwargs)
+        reference = torchaudio_model(factory, kwargs)
         path = tmp_path / f"{factory}.pt"
         torch.save(reference.state_dict(), path)
         assert main([str(path), factory, str(tmp_path / factory), "--kwargs", json.dumps(kwargs)]) == 0

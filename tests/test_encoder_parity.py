@@ -144,7 +144,7 @@ def test_state_has_fixed_shapes_and_init_needs_no_parameters(kind):
 @pytest.mark.parametrize("kind", ["emformer", "conv_emformer"])
 def test_initialisation_statistics_match_torchaudio(torchaudio_ref, kind):
     """Per-tensor statistics of a fresh Flax model against a fresh torchaudio model (same shapes, same laws)."""
-    import convert
+    from streamformer import convert
 
     config = dict(input_dim=64, num_heads=4, ffn_dim=128, num_layers=4, segment_length=4, max_memory_size=2)
     if kind == "conv_emformer":

@@ -285,7 +285,9 @@ def test_compute_global_stats_matches_torchaudio_example(ragged_batch):
         F.compute_global_stats([np.ones((5, 3))])
 
 
-def test_stats_command_reads_audio_files(tmp_path, rng):
+def test_global_stats_of_audio_files(tmp_path, rng):
+    # The command line for statistics is `python -m train stats` (one command); this is its library function
+    # for plain audio files.
     waves = [_speechlike(rng, 3000), _speechlike(rng, 1700)]
     paths = []
     for i, wave in enumerate(waves):
@@ -293,7 +295,7 @@ def test_stats_command_reads_audio_files(tmp_path, rng):
         soundfile.write(path, wave, SR, subtype="FLOAT" if i == 0 else "PCM_24")
         paths.append(str(path))
     out = tmp_path / "stats.json"
-    assert F.main(["stats", "--out", str(out), *paths]) == 0
+    F.global_stats_of_files(paths).save(out)
     written = F.GlobalStats.load(out)
     read = [soundfile.read(p, dtype="float32")[0] for p in paths]
     expected = F.compute_global_stats(F.log_mel_spectrogram(w) for w in read)
@@ -302,4 +304,4 @@ def test_stats_command_reads_audio_files(tmp_path, rng):
     assert not glob.glob(os.path.join(tmp_path, ".tmp-*"))
     soundfile.write(tmp_path / "slow.wav", waves[0], 8000)
     with pytest.raises(ValueError, match="expected sample rate 16000, got 8000"):
-        F.main(["stats", "--out", str(out), str(tmp_path / "slow.wav")])
+        F.global_stats_of_files([str(tmp_path / "slow.wav")])

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from streamformer.convert import from_torchaudio
 
-from convert import from_torchaudio
 from streamformer.rnnt import (
     RNNT,
     Joiner,
@@ -465,10 +465,10 @@ CONV_CONFIG = {**CONFIG, "transformer_kernel_size": 3, "transformer_conv_activat
 @pytest.fixture(scope="module")
 def conv_pair(torchaudio_ref):
     """Our conv_emformer_rnnt_model; torchaudio's RNNT whose transcriber.transformer is the ConvEmformer."""
-    from convert.cli import _torchaudio_model
+    from streamformer.convert.cli import torchaudio_model
 
     torch.manual_seed(2)
-    reference = _torchaudio_model("conv_emformer_rnnt_model", CONV_CONFIG)
+    reference = torchaudio_model("conv_emformer_rnnt_model", CONV_CONFIG)
     model = conv_emformer_rnnt_model(**CONV_CONFIG)
     variables = from_torchaudio(model, reference.state_dict())
     return model, variables, reference

@@ -17,8 +17,8 @@ import pytest
 import torch
 from flax import traverse_util
 from hypothesis import given, settings
+from streamformer.convert import from_torchaudio, to_torchaudio
 
-from convert import from_torchaudio, to_torchaudio
 from streamformer import (
     pruned_joiner_fn,
     pruned_rnnt_loss,

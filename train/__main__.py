@@ -72,6 +72,7 @@ class Run:
         self.config, self.workdir = config, workdir
         self.tokenizer = self.stats = None
         self.examples: dict[str, list] = {}
+        self.reports: dict = {}  # split -> screen.DataReport (the utterances skipped as unusable)
 
     def prepare(self, split: str) -> list:
         from train import prepare
@@ -79,7 +80,7 @@ class Run:
         if split not in self.examples:
             started = time.perf_counter()
             self.examples[split], self.tokenizer, self.stats = prepare.prepare_split(
-                self.config, self.workdir, split, self.tokenizer, self.stats
+                self.config, self.workdir, split, self.tokenizer, self.stats, reports=self.reports
             )
             _say(
                 f"{split}: {len(self.examples[split])} utterances ready "
@@ -131,7 +132,7 @@ class Run:
 def _eval_split(
     run: Run, model, variables, split: str, beam: int, streaming: bool, limit: int | None
 ) -> dict:
-    from train.evaluate import evaluate
+    from train.multihost import evaluate  # one process: train.evaluate.evaluate; several: gathered
     from train.prepare import bucket_frames_for
 
     examples = run.prepare(split)[: limit or None]
@@ -191,6 +192,7 @@ def cmd_fit(args) -> dict:
         blank=run.tokenizer.blank_id,
         must_match=_must_match(config, run.num_symbols),
         on_eval=on_eval,
+        records=[run.reports["train"].record()] if "train" in run.reports else [],
         progress=not args.quiet,
         time_limit=args.time_limit,
     )
@@ -204,6 +206,13 @@ def cmd_fit(args) -> dict:
         f"trained to step {summary['steps']} in {summary['train_seconds']} s "
         f"(skipped non-finite steps: {result.skipped})"
     )
+    if result.preempted:
+        summary["preempted"] = result.preempted
+        _say(
+            f"stopped by {result.preempted} at step {summary['steps']}: checkpoint saved in "
+            f"{workdir / 'checkpoints'}; run the same command to resume"
+        )
+        return summary
     if not args.no_eval:
         rates = _eval_split(run, model, {"params": result.state.params}, "dev", 0, False, args.eval_limit)
         _print_rates(rates)
@@ -279,11 +288,12 @@ def cmd_stats(args) -> dict:
     """Global feature statistics (torchaudio's global_stats.json format) of a dataset's train split."""
     from streamformer.features import compute_global_stats
     from train.config import DataConfig
-    from train.prepare import _audio, load_corpus, log_mel_features
+    from train.data import audio_of
+    from train.prepare import load_corpus, log_mel_features
 
     data = DataConfig(train=args.data, synth_sizes=(args.synth_size, 0, 0))
     items = load_corpus(data, "train")
-    stats = compute_global_stats(log_mel_features([_audio(item) for item in items]))
+    stats = compute_global_stats(log_mel_features([audio_of(item) for item in items]))
     stats.save(args.out)
     _say(f"wrote {args.out}: statistics of {len(items)} utterances")
     return {"utterances": len(items)}
@@ -302,6 +312,8 @@ def cmd_main(args) -> dict:
     summary = {"workdir": str(workdir)}
     fit_summary = cmd_fit(args)
     summary.update(fit_summary)
+    if fit_summary.get("preempted"):
+        return summary
 
     run = Run(_config_for(args), workdir)
     run.load_frontend()

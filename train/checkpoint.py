@@ -2,19 +2,29 @@
 stored inside every checkpoint, so that restoring into a different model fails with a clear message.
 
 Layout: <workdir>/checkpoints/<step>/{state, config}. ``state`` is the TrainState pytree, ``config`` the run's
-config as JSON. An interrupted save leaves only a temporary folder that orbax ignores.
+config as JSON. An interrupted save leaves only a temporary folder that orbax ignores. Once a save has
+finished, <step>/manifest.json records every file's size and sha256 (train.integrity); a checkpoint is
+verified against it before it is read, and ``set_aside_damaged`` moves damaged ones out of the way so that
+training resumes from the newest intact one. A checkpoint without a manifest counts as half-written when an
+older one of the run has a manifest; otherwise it predates manifests and is read unverified.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from train import integrity
+
 __all__ = ["CheckpointMismatchError", "Checkpoints"]
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -47,17 +57,114 @@ class Checkpoints:
         self.must_match = must_match or {}
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
+        self._unsealed: list[int] = []  # saved by this process, manifest not yet written
+        self._verified: set[int] = set()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, config: dict) -> None:
-        """Starts saving ``state`` (asynchronously; ``wait`` or ``close`` to finish)."""
+        """Starts saving ``state`` (asynchronously; ``wait`` or ``close`` to finish); a step already saved is
+        left as it is (a stop right after a periodic checkpoint)."""
+        if step in self._unsealed or step in self.manager.all_steps():
+            return
+        self.seal(wait=True)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
         self.manager.save(step, args=args, force=True)
+        self._unsealed.append(step)
+
+    def seal(self, wait: bool = False) -> None:
+        """Writes the manifest of every save of this process that has finished (``wait``: after waiting for
+        the one in flight). Cheap when nothing finished: call it after every step."""
+        if not self._unsealed:
+            return
+        if wait:
+            self.manager.wait_until_finished()
+        elif self.manager.is_saving_in_progress():
+            return
+        if jax.process_index() == 0:
+            for step in self._unsealed:
+                if (self.directory / str(step)).is_dir():  # not already removed by max_to_keep
+                    integrity.write_manifest(self.directory / str(step))
+        self._unsealed.clear()
+
+    def verify(self, step: int) -> None:
+        """Raises integrity.DamagedCheckpointError when checkpoint ``step`` is damaged or half-written."""
+        if step in self._verified:
+            return
+        try:
+            self._verify_files(step)
+            self._verified.add(step)
+        except integrity.DamagedCheckpointError as error:
+            intact = self.newest_intact_step(below=step)
+            hint = f" (the newest intact checkpoint is step {intact})" if intact is not None else ""
+            raise integrity.DamagedCheckpointError(
+                error.step, error.directory, error.file, error.reason + hint
+            ) from None
+
+    def _verify_files(self, step: int) -> None:
+        # No manifest is a half-written save only where the run writes manifests, i.e. an older checkpoint
+        # has one; without any, the checkpoint predates manifests and is read unverified (with a warning).
+        if not (self.directory / str(step) / integrity.MANIFEST).exists() and not any(
+            (self.directory / str(older) / integrity.MANIFEST).exists()
+            for older in self.manager.all_steps()
+            if older < step
+        ):
+            logger.warning(
+                "checkpoint step %d has no %s (older format): read unverified", step, integrity.MANIFEST
+            )
+            return
+        integrity.verify(self.directory / str(step), step)
+
+    def newest_intact_step(self, below: int | None = None) -> int | None:
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            if below is not None and step >= below:
+                continue
+            try:
+                self._verify_files(step)
+            except integrity.DamagedCheckpointError:
+                continue
+            return step
+        return None
+
+    def set_aside_damaged(self, stream=sys.stderr) -> list[integrity.DamagedCheckpointError]:
+        """Renames each damaged checkpoint newer than the newest intact one to <step>.damaged (orbax ignores
+        it; it stays for inspection), with one warning line each; returns their errors. With several
+        processes every one checks, the first renames."""
+        damaged = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                self._verify_files(step)
+                break
+            except integrity.DamagedCheckpointError as error:
+                damaged.append(error)
+        if not damaged:
+            return damaged
+        older = self.newest_intact_step(below=damaged[-1].step)
+        for error in damaged:
+            target = self.directory / f"{error.step}.damaged"
+            if jax.process_index() == 0:
+                suffix = 1
+                while target.exists():
+                    target, suffix = self.directory / f"{error.step}.damaged{suffix}", suffix + 1
+                os.rename(self.directory / str(error.step), target)
+            resume = (
+                f"resuming from step {older}" if older is not None else "no intact checkpoint: starting over"
+            )
+            if jax.process_index() == 0:
+                print(
+                    f"warning: {error}; skipped (moved to {target.name}), {resume}", file=stream, flush=True
+                )
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("streamformer: damaged checkpoints set aside")
+        self.manager.reload()
+        return damaged
 
     def stored_config(self, step: int | None = None) -> dict:
         step = self._step(step)
+        self.verify(step)
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
     def check(self, step: int | None = None) -> dict:
@@ -77,6 +184,7 @@ class Checkpoints:
         """The state of checkpoint ``step`` (default: the latest), laid out as ``abstract_state`` (a pytree of
         jax.ShapeDtypeStruct with shardings), after checking the stored config."""
         step = self._step(step)
+        self.verify(step)
         self.check(step)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         return self.manager.restore(step, args=args)["state"]
@@ -89,10 +197,10 @@ class Checkpoints:
         return step
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self.seal(wait=True)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.seal(wait=True)
         self.manager.close()
 
 

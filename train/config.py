@@ -12,6 +12,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+import jax.numpy as jnp
+
+from streamformer.rnnt import TransducerConfig
+
 __all__ = [
     "Config",
     "DataConfig",
@@ -27,38 +31,41 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The transducer: torchaudio's ``emformer_rnnt_model`` keywords, plus the encoder kind and the dtype.
+class ModelConfig(TransducerConfig):
+    """The transducer: streamformer's ``TransducerConfig`` (torchaudio's ``emformer_rnnt_model`` keywords, with
+    its defaults, emformer_rnnt_base's), plus what a run adds:
 
-    kind: "emformer" or "conv_emformer" (ConvEmformer transcriber; uses transformer_kernel_size).
+    kind: "emformer" or "conv_emformer" (ConvEmformer transcriber; only then is transformer_kernel_size used).
     num_symbols: output vocabulary V including blank; 0 means the tokenizer's vocabulary size + 1.
     dtype: computation dtype, "float32" or "bfloat16" (parameters and the loss stay float32).
     """
 
-    kind: str = "emformer"
-    input_dim: int = 80
-    encoding_dim: int = 1024
     num_symbols: int = 0
-    segment_length: int = 16
-    right_context_length: int = 4
-    time_reduction_input_dim: int = 128
-    time_reduction_stride: int = 4
-    transformer_num_heads: int = 8
-    transformer_ffn_dim: int = 2048
-    transformer_num_layers: int = 20
-    transformer_dropout: float = 0.1
-    transformer_activation: str = "gelu"
-    transformer_left_context_length: int = 30
-    transformer_max_memory_size: int = 0
-    transformer_weight_init_scale_strategy: str | None = "depthwise"
-    transformer_tanh_on_mem: bool = True
     transformer_kernel_size: int = 8
-    symbol_embedding_dim: int = 512
-    num_lstm_layers: int = 3
-    lstm_layer_norm: bool = True
-    lstm_layer_norm_epsilon: float = 1e-3
-    lstm_dropout: float = 0.3
+    kind: str = "emformer"
     dtype: str = "float32"
+
+    @property
+    def encoder(self) -> str:
+        return self.kind
+
+    def transducer(self, num_symbols: int) -> TransducerConfig:
+        """The library's config of this model with ``num_symbols`` outputs (blank included)."""
+        if self.kind not in ("emformer", "conv_emformer"):
+            raise ValueError(f"model.kind: expected 'emformer' or 'conv_emformer', got {self.kind!r}")
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransducerConfig)}
+        values.update(
+            num_symbols=num_symbols,
+            transformer_kernel_size=self.transformer_kernel_size if self.kind == "conv_emformer" else None,
+        )
+        return TransducerConfig(**values)
+
+    def compute_dtype(self):
+        """The dtype the modules compute in (None: float32, as their inputs)."""
+        dtypes = {"float32": None, "bfloat16": jnp.bfloat16}
+        if self.dtype not in dtypes:
+            raise ValueError(f"model.dtype: expected 'float32' or 'bfloat16', got {self.dtype!r}")
+        return dtypes[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,10 @@ class DataConfig:
         tokenizer is a path to a .model file).
     global_stats: path of a global_stats.json; empty: computed from the train features.
     batch_size: utterances per step (global, over all devices); num_buckets: static batch shapes by length.
-    spec_augment: apply torchaudio's recipe masks (frequency masks, time masks) to training batches.
+    spec_augment: apply torchaudio's recipe masks (frequency masks, time masks) to training batches; the
+        next five fields are ``train.data.spec_augment``'s arguments of the same names.
+    strict: an unusable utterance (undecodable, empty or silent audio, a transcript the tokenizer cannot
+        encode) is an error; by default it is skipped, named in the log and counted in the metrics.
     """
 
     train: str = "synth"
@@ -123,11 +133,35 @@ class DataConfig:
     batch_size: int = 32
     num_buckets: int = 3
     spec_augment: bool = True
-    freq_masks: int = 2
-    freq_mask_param: int = 27
-    time_masks: int = 2
-    time_mask_param: int = 100
-    time_mask_ratio: float = 0.2
+    num_freq_masks: int = 2
+    freq_mask_width: int = 27
+    num_time_masks: int = 2
+    time_mask_width: int = 100
+    max_time_mask_fraction: float = 0.2
+    strict: bool = False
+
+    def spec_augment_arguments(self) -> dict:
+        """The keyword arguments of ``train.data.spec_augment`` this config sets."""
+        return {name: getattr(self, name) for name in SPEC_AUGMENT_FIELDS}
+
+
+SPEC_AUGMENT_FIELDS = (
+    "num_freq_masks",
+    "freq_mask_width",
+    "num_time_masks",
+    "time_mask_width",
+    "max_time_mask_fraction",
+)
+#: Keys renamed since the first version (its config.json files still load): section -> {old: new}.
+RENAMED_KEYS = {
+    "data": {
+        "freq_masks": "num_freq_masks",
+        "freq_mask_param": "freq_mask_width",
+        "time_masks": "num_time_masks",
+        "time_mask_param": "time_mask_width",
+        "time_mask_ratio": "max_time_mask_fraction",
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -266,9 +300,18 @@ def _replace(obj, updates: dict, where: str):
     return dataclasses.replace(obj, **changes)
 
 
+def _renamed(blob: dict) -> dict:
+    out = dict(blob)
+    for section, names in RENAMED_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {names.get(key, key): value for key, value in out[section].items()}
+    return out
+
+
 def from_dict(blob: dict, base: Config | None = None) -> Config:
-    """A Config from a (possibly partial) dict such as ``to_dict``'s; missing keys keep ``base``'s values."""
-    return _replace(base or Config(), blob, "config")
+    """A Config from a (possibly partial) dict such as ``to_dict``'s; missing keys keep ``base``'s values
+    (keys of the first version's config.json files are read under their new names)."""
+    return _replace(base or Config(), _renamed(blob), "config")
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train.synth import Utterance, _import_soundfile, write_librispeech
+from train.synth import Utterance, import_soundfile, write_librispeech
 
 __all__ = [
     "AudioEntry",
@@ -44,6 +44,7 @@ __all__ = [
     "batches",
     "build_espeak_librispeech",
     "list_librispeech",
+    "audio_of",
     "load_audio",
     "make_buckets",
     "plan_batches",
@@ -149,6 +150,12 @@ def resample(waveform: np.ndarray, orig_sample_rate: int, target_sample_rate: in
     return out.astype(np.float32)
 
 
+def audio_of(item, sample_rate: int = 16000) -> np.ndarray:
+    """The waveform of a corpus item: an ``Utterance``'s own audio (already at ``sample_rate``), or an
+    ``AudioEntry``'s file loaded with ``load_audio``."""
+    return item.audio if isinstance(item, Utterance) else load_audio(item.path, sample_rate)
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int = 16000,
@@ -162,7 +169,7 @@ def load_audio(
     with resample_audio=False, rejected. Raises ValueError naming the file when it cannot be decoded, holds no
     samples, or is silent (peak amplitude <= silence_threshold, full scale being 1.0).
     """
-    sf = _import_soundfile()
+    sf = import_soundfile()
     try:
         data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except RuntimeError as error:  # soundfile's LibsndfileError is a RuntimeError
@@ -287,8 +294,7 @@ def prepare_examples(
     """
     examples = []
     for item in items:
-        audio = item.audio if isinstance(item, Utterance) else load_audio(item.path, sample_rate)
-        features = np.asarray(featurize(audio), dtype=np.float32)
+        features = np.asarray(featurize(audio_of(item, sample_rate)), dtype=np.float32)
         if features.ndim != 2 or features.shape[0] == 0:
             raise ValueError(
                 f"featurize: expected (T, F) features with T >= 1 for {item.id}, got {features.shape}"
@@ -385,6 +391,7 @@ def batches(
     pad_value: float = 0.0,
     target_pad_id: int = 0,
     start: int = 0,
+    rows: slice | None = None,
 ) -> Iterator[Batch]:
     """Padded batches of one epoch (see ``plan_batches`` for the order), from batch number ``start`` on.
 
@@ -397,6 +404,8 @@ def batches(
         context R of the last segment, in input frames: R * time_reduction_stride for an Emformer RNN-T).
         streamformer's Emformer takes the features as (B, T + R, D) with lengths = valid frames (after time
         reduction: feature_lengths // stride); torchaudio's counts the right context in its lengths.
+    rows: build only these rows of every batch (a process's share of the global batch, with several hosts):
+        the Batch then has rows.stop - rows.start rows, and only their examples are read.
     """
     if right_pad_frames < 0:
         raise ValueError(f"right_pad_frames: expected >= 0, got {right_pad_frames}")
@@ -418,24 +427,27 @@ def batches(
     plan = plan_batches(
         lengths, batch_size, bucket_frames, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last
     )
+    share = rows if rows is not None else slice(0, batch_size)
     for indices in plan[start:]:
         b = int(bucket[indices[0]])
-        rows = list(indices) + [indices[0]] * (batch_size - len(indices))
+        all_rows = list(indices) + [indices[0]] * (batch_size - len(indices))
+        all_ids = tuple(examples[i].id for i in indices) + ("",) * (batch_size - len(indices))
+        rows_here = all_rows[share]
         features = np.full(
-            (batch_size, bucket_frames[b] + right_pad_frames, num_features), pad_value, np.float32
+            (len(rows_here), bucket_frames[b] + right_pad_frames, num_features), pad_value, np.float32
         )
-        targets = np.full((batch_size, bucket_targets[b]), target_pad_id, np.int32)
-        for r, i in enumerate(rows):
+        targets = np.full((len(rows_here), bucket_targets[b]), target_pad_id, np.int32)
+        for r, i in enumerate(rows_here):
             example = examples[i]
             features[r, : lengths[i]] = example.features
             targets[r, : target_lengths[i]] = example.targets
         yield Batch(
             features=features,
-            feature_lengths=lengths[rows].astype(np.int32),
+            feature_lengths=lengths[rows_here].astype(np.int32),
             targets=targets,
-            target_lengths=target_lengths[rows].astype(np.int32),
-            valid=np.arange(batch_size) < len(indices),
-            ids=tuple(examples[i].id for i in indices) + ("",) * (batch_size - len(indices)),
+            target_lengths=target_lengths[rows_here].astype(np.int32),
+            valid=(np.arange(batch_size) < len(indices))[share],
+            ids=all_ids[share],
         )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from streamformer.features import GlobalStats, compute_global_stats, frame_lengths, log_mel_spectrogram
 from streamformer.text import Tokenizer, train_bpe
 from train import data as data_lib
-from train import synth
+from train import screen, synth
 from train.config import Config, DataConfig
 
 __all__ = [
@@ -82,10 +82,6 @@ def _synthesize(config: synth.SynthConfig, split: str, size: int) -> list:
     except BrokenProcessPool:
         logger.warning("synthesis workers failed to start; synthesizing in this process")
         return _synthesize_range(config, split, 0, size)
-
-
-def _audio(item) -> np.ndarray:
-    return item.audio if isinstance(item, synth.Utterance) else data_lib.load_audio(item.path)
 
 
 def log_mel_features(
@@ -162,14 +158,28 @@ def prepare_split(
     split: str,
     tokenizer: Tokenizer | None = None,
     stats: GlobalStats | None = None,
+    reports: dict | None = None,
 ) -> tuple[list[data_lib.Example], Tokenizer, GlobalStats]:
-    """Examples of ``split``; for "train" the tokenizer and stats are made when the workdir has none."""
+    """Examples of ``split``; for "train" the tokenizer and stats are made when the workdir has none.
+
+    Unusable utterances (undecodable, empty or silent audio; a transcript the tokenizer cannot encode) are
+    skipped and logged, or raise screen.BadDataError with data.strict; ``reports[split]`` receives the
+    screen.DataReport when ``reports`` is given.
+    """
     items = load_corpus(config.data, split)
     if not items:
         raise ValueError(f"data.{split}: no utterances in {getattr(config.data, split)!r}")
-    features = log_mel_features([_audio(item) for item in items])
+    report = screen.DataReport(split, len(items))
+    items, audios = screen.load_audios(items, data_lib.audio_of, report)
     texts = [normalize_text(item.text) for item in items]
     tokenizer = tokenizer or tokenizer_for(config, workdir, texts if split == "train" else None)
+    items, audios = screen.encodable(items, audios, lambda t: tokenizer.encode(normalize_text(t)), report)
+    screen.finish(report, config.data.strict)
+    if reports is not None:
+        reports[split] = report
+    if not items:
+        raise ValueError(f"data.{split}: none of the {report.total} utterances is usable (see the log)")
+    features = log_mel_features(audios)
     stats = stats or global_stats_for(config, workdir, features if split == "train" else None)
     return make_examples(items, features, stats, tokenizer), tokenizer, stats
 

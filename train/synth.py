@@ -349,7 +349,7 @@ def write_librispeech(
     """
     if audio_format not in ("flac", "wav"):
         raise ValueError(f"audio_format: expected 'flac' or 'wav', got {audio_format!r}")
-    sf = _import_soundfile()
+    sf = import_soundfile()
     root = Path(root)
     if root.exists():
         if not overwrite:
@@ -402,7 +402,8 @@ def write_split(
     )
 
 
-def _import_soundfile():
+def import_soundfile():
+    """The soundfile module, or an ImportError that says how to install it."""
     try:
         import soundfile
     except ImportError as error:  # pragma: no cover - depends on the environment

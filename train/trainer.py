@@ -23,18 +23,15 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from streamformer._io import atomic_write_text
-from streamformer.rnnt import (
-    RNNT,
-    conv_emformer_rnnt_model,
-    emformer_rnnt_model,
-    with_simple_loss_projections,
-)
+from streamformer.io import atomic_write_text
+from streamformer.rnnt import RNNT, joiner_fn, pruned_joiner_fn, with_simple_loss_projections
 from streamformer.rnnt_loss import rnnt_loss_from_encodings
 from streamformer.rnnt_loss_pruned import pruned_rnnt_loss
 from train import data as data_lib
 from train.checkpoint import Checkpoints, abstract_like
 from train.config import Config, ModelConfig, OptimConfig, to_dict
+from train.preemption import PreemptionGuard
+from train.tensorboard import summary_writer
 
 __all__ = [
     "TrainState",
@@ -56,29 +53,8 @@ __all__ = [
 def build_model(config: ModelConfig, num_symbols: int, *, simple_loss_projections: bool = False) -> RNNT:
     """The transducer of ``config`` with ``num_symbols`` outputs (blank included); with the pruned RNN-T
     loss's two projections when ``simple_loss_projections`` (``optim.loss == "pruned"``)."""
-    model = _build_model(config, num_symbols)
+    model = RNNT.from_config(config.transducer(num_symbols), dtype=config.compute_dtype())
     return with_simple_loss_projections(model) if simple_loss_projections else model
-
-
-def _build_model(config: ModelConfig, num_symbols: int) -> RNNT:
-    kwargs = {
-        k: v
-        for k, v in vars(config).items()
-        if k not in ("kind", "dtype", "num_symbols", "transformer_kernel_size")
-    }
-    dtype = {"float32": None, "bfloat16": jnp.bfloat16}.get(config.dtype, "bad")
-    if dtype == "bad":
-        raise ValueError(f"model.dtype: expected 'float32' or 'bfloat16', got {config.dtype!r}")
-    if config.kind == "emformer":
-        return emformer_rnnt_model(num_symbols=num_symbols, dtype=dtype, **kwargs)
-    if config.kind == "conv_emformer":
-        return conv_emformer_rnnt_model(
-            num_symbols=num_symbols,
-            dtype=dtype,
-            transformer_kernel_size=config.transformer_kernel_size,
-            **kwargs,
-        )
-    raise ValueError(f"model.kind: expected 'emformer' or 'conv_emformer', got {config.kind!r}")
 
 
 def learning_rate_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -157,28 +133,14 @@ def init_state(model: RNNT, optimizer: optax.GradientTransformation, seed: int) 
     )
 
 
-def _transcriber(module: RNNT, sources, source_lengths, deterministic):
-    return module.transcriber(sources, source_lengths, deterministic)
-
-
-def _predictor(module: RNNT, targets, target_lengths, deterministic):
-    return module.predictor(targets, target_lengths, None, deterministic)
-
-
 def _pruned_losses(model: RNNT, variables, optim: OptimConfig, blank: int, step, *inputs):
     """Per-sequence (objective, pruned RNN-T loss) of the pruned path, icefall's warm-up applied."""
     sources, target_encodings, targets, source_lengths, target_lengths = inputs
     am_logits, lm_logits = model.apply(variables, sources, target_encodings, method=RNNT.simple_logits)
-
-    def joiner(source_encodings, pruned_target_encodings):
-        return model.apply(
-            variables, source_encodings, pruned_target_encodings, method=RNNT.joint_logits_pruned
-        )
-
     simple, pruned = pruned_rnnt_loss(
         sources,
         target_encodings,
-        joiner,
+        pruned_joiner_fn(model, variables),
         am_logits,
         lm_logits,
         targets,
@@ -214,37 +176,23 @@ def make_loss_fn(model: RNNT, config: Config, blank: int) -> Callable:
         augment_key, dropout_key = jax.random.split(rng)
         features, lengths = batch["features"], batch["feature_lengths"]
         if data.spec_augment and not deterministic:
-            features = data_lib.spec_augment(
-                augment_key,
-                features,
-                lengths,
-                num_freq_masks=data.freq_masks,
-                freq_mask_width=data.freq_mask_param,
-                num_time_masks=data.time_masks,
-                time_mask_width=data.time_mask_param,
-                max_time_mask_fraction=data.time_mask_ratio,
-            )
+            features = data_lib.spec_augment(augment_key, features, lengths, **data.spec_augment_arguments())
         variables, rngs = {"params": params}, {"dropout": dropout_key}
         sources, source_lengths = model.apply(
-            variables, features, lengths, deterministic, method=_transcriber, rngs=rngs
+            variables, features, lengths, deterministic, method=RNNT.transcribe, rngs=rngs
         )
         targets, target_lengths = batch["targets"], batch["target_lengths"]
         prefixed = jnp.concatenate([jnp.full_like(targets[:, :1], blank), targets], axis=1)
         target_encodings, _, _ = model.apply(
-            variables, prefixed, target_lengths + 1, deterministic, method=_predictor, rngs=rngs
+            variables, prefixed, target_lengths + 1, None, deterministic, method=RNNT.predict, rngs=rngs
         )
-
-        def joiner(source_chunk, target_encodings):
-            return model.apply(variables, source_chunk, target_encodings, method=RNNT.joint_logits)
-
         if optim.loss == "pruned":
-            step_now = jnp.asarray(optim.loss_warmup_steps if step is None else step)
             objectives, losses = _pruned_losses(
                 model,
                 variables,
                 optim,
                 blank,
-                step_now,
+                jnp.asarray(optim.loss_warmup_steps if step is None else step),
                 sources,
                 target_encodings,
                 targets,
@@ -255,7 +203,7 @@ def make_loss_fn(model: RNNT, config: Config, blank: int) -> Callable:
             losses = objectives = rnnt_loss_from_encodings(
                 sources,
                 target_encodings,
-                joiner,
+                joiner_fn(model, variables),
                 targets,
                 jnp.maximum(source_lengths, 1),
                 target_lengths,
@@ -351,14 +299,30 @@ class Mesh1D:
                 f"data.batch_size: expected a multiple of the device count {self.size}, got {batch_size}"
             )
 
-    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """A global numpy batch (the same on every process) as arrays sharded on the batch axis."""
-        rows = jax.process_count()
-        index = jax.process_index()
+    def local_rows(self, batch_size: int) -> slice:
+        """The rows of a global batch of ``batch_size`` that this process's devices hold (all of them with
+        one process): the only rows this process builds."""
+        self.check_batch_size(batch_size)
+        spans = self.batch_sharding.addressable_devices_indices_map((batch_size,)).values()
+        begin = min(span[0].indices(batch_size)[0] for span in spans)
+        end = max(span[0].indices(batch_size)[1] for span in spans)
+        if end - begin != batch_size // self.size * len(spans):
+            raise ValueError(f"devices: this process's devices hold rows that are not contiguous: {spans}")
+        return slice(begin, end)
+
+    def put_batch(self, batch: dict[str, np.ndarray], batch_size: int | None = None) -> dict[str, jax.Array]:
+        """Arrays sharded on the batch axis from numpy arrays holding either the whole global batch of
+        ``batch_size`` rows (default: the rows given) or only this process's rows (``local_rows``)."""
 
         def put(x):
-            local = np.array_split(x, rows)[index] if rows > 1 else x
-            return jax.make_array_from_process_local_data(self.batch_sharding, local, x.shape)
+            total = batch_size or x.shape[0]
+            rows = self.local_rows(total)
+            local = x[rows] if x.shape[0] == total else x
+            if local.shape[0] != rows.stop - rows.start:
+                raise ValueError(
+                    f"batch: expected {total} rows or this process's {rows.stop - rows.start}, got {x.shape[0]}"
+                )
+            return jax.make_array_from_process_local_data(self.batch_sharding, local, (total, *x.shape[1:]))
 
         return {k: put(v) for k, v in batch.items()}
 
@@ -408,12 +372,8 @@ class MetricsLog:
                 if record.get("step", 0) <= resume_step:
                     kept.append(line + "\n")
             atomic_write_text(self.path, "".join(kept))
-        try:
-            from tensorboardX import SummaryWriter  # optional
-
-            self.writer = SummaryWriter(str(self.path.parent / "tensorboard"))
-        except ImportError:
-            self.writer = None
+        purge = resume_step + 1 if resume_step else None  # TensorBoard drops what a resumed run redoes
+        self.writer = summary_writer(self.path.parent / "tensorboard", purge_step=purge)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -484,13 +444,21 @@ class FitResult:
     losses: dict[int, float]  # step -> training loss of that step (steps run in this call)
     skipped: int
     seconds: float
+    preempted: str | None = None  # the signal that stopped training early (checkpoint saved), if any
 
 
 def batch_stream(
-    examples, config: Config, bucket_frames: list[int], right_pad: int, start_step: int, pad_id: int = 0
+    examples,
+    config: Config,
+    bucket_frames: list[int],
+    right_pad: int,
+    start_step: int,
+    pad_id: int = 0,
+    rows: slice | None = None,
 ) -> Iterator[tuple[int, data_lib.Batch]]:
     """(step, batch) from ``start_step`` on. The batch of step s is a pure function of (seed, s): epoch
-    s // batches_per_epoch, position s % batches_per_epoch of that epoch's plan."""
+    s // batches_per_epoch, position s % batches_per_epoch of that epoch's plan. ``rows``: only these rows
+    of each batch (this process's share, ``Mesh1D.local_rows``)."""
     data, seed = config.data, config.loop.seed
     lengths = [e.features.shape[0] for e in examples]
     per_epoch = len(data_lib.plan_batches(lengths, data.batch_size, bucket_frames, seed=seed, epoch=0))
@@ -511,6 +479,7 @@ def batch_stream(
             right_pad_frames=right_pad,
             target_pad_id=pad_id,
             start=position,
+            rows=rows,
         ):
             yield step, batch
             step += 1
@@ -527,6 +496,7 @@ def fit(
     must_match: dict,
     stop_at: int | None = None,
     on_eval: Callable[[TrainState, int], dict] | None = None,
+    records: list[dict] = (),
     progress: bool = True,
     time_limit: float | None = None,
     devices=None,
@@ -537,6 +507,7 @@ def fit(
     must_match: config parts a checkpoint must share to be resumed (see Checkpoints).
     stop_at: stop (after checkpointing) at this step, before config.loop.steps (for tests and time limits).
     on_eval: called every loop.eval_every steps with (state, step); its dict is logged.
+    records: logged once at the start (e.g. the data screening's report, kind "data").
     time_limit: seconds; training stops (with a checkpoint) at the first step past it.
     """
     loop = config.loop
@@ -548,6 +519,7 @@ def fit(
     train_step = mesh.jit_train_step(make_train_step(model, optimizer, config, blank))
 
     checkpoints = Checkpoints(workdir / "checkpoints", loop.keep_checkpoints, must_match)
+    checkpoints.set_aside_damaged()
     abstract = jax.eval_shape(lambda: init_state(model, optimizer, loop.seed))
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_like(abstract, mesh.replicated))
@@ -557,6 +529,8 @@ def fit(
     if lead:  # written once the checkpoint (if any) proved compatible
         save_json(workdir / "config.json", to_dict(config))
     metrics_log = MetricsLog(workdir / "metrics.jsonl", resume_step=start, enabled=lead)
+    for record in records:
+        metrics_log.write({"step": start, **record})
     end = min(loop.steps, stop_at) if stop_at is not None else loop.steps
     bar = Progress(end, start, enabled=progress and lead)
     config_json = {**to_dict(config), "num_symbols": model.num_symbols}
@@ -564,6 +538,7 @@ def fit(
     losses: dict[int, float] = {}
     window = {"loss": 0.0, "utterances": 0.0, "frames": 0.0, "n": 0, "time": time.perf_counter()}
     pending = None  # the previous step's metrics, read after the next step is dispatched
+    preempted = None
 
     counts = {
         "in_a_row": int(jax.device_get(state.nonfinite_in_a_row)),
@@ -611,15 +586,22 @@ def fit(
             window.update(loss=0.0, utterances=0.0, frames=0.0, n=0, time=time.perf_counter())
 
     started = time.perf_counter()
+    guard = PreemptionGuard()
     try:
+        guard.__enter__()
         if start < end:
-            stream = batch_stream(train_examples, config, bucket_frames, model.right_context_length, start)
+            rows = mesh.local_rows(config.data.batch_size)  # this process builds and puts only its rows
+            stream = batch_stream(
+                train_examples, config, bucket_frames, model.right_context_length, start, rows=rows
+            )
             for step, batch in stream:
-                state, metrics = train_step(state, mesh.put_batch(device_batch(batch)))
+                batch = mesh.put_batch(device_batch(batch), config.data.batch_size)
+                state, metrics = train_step(state, batch)
                 if pending is not None:
                     settle(*pending)
                 pending = (step, metrics)
                 done = step + 1
+                checkpoints.seal()
                 if loop.checkpoint_every and done % loop.checkpoint_every == 0 and done < end:
                     checkpoints.save(done, state, config_json)
                 if on_eval is not None and loop.eval_every and done % loop.eval_every == 0 and done < end:
@@ -629,17 +611,25 @@ def fit(
                 if time_limit is not None and time.perf_counter() - started > time_limit and done < end:
                     metrics_log.write({"step": done, "kind": "stop", "reason": f"time limit {time_limit} s"})
                     end = done
+                if done < end and guard.should_stop(done):
+                    metrics_log.write({"step": done, "kind": "stop", "reason": guard.signal_name})
+                    end, preempted = done, guard.signal_name
                 if done >= end:
                     break
             if pending is not None:
                 settle(*pending)
             checkpoints.save(end, state, config_json)
     finally:
+        guard.__exit__()
         checkpoints.close()
         metrics_log.close()
         bar.close()
     return FitResult(
-        state=state, losses=losses, skipped=counts["skipped"], seconds=time.perf_counter() - started
+        state=state,
+        losses=losses,
+        skipped=counts["skipped"],
+        seconds=time.perf_counter() - started,
+        preempted=preempted,
     )
 
 

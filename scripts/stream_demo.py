@@ -1,6 +1,6 @@
 """Streaming demo: a small Emformer streams a synthetic utterance segment by segment.
 
-    python -m streamformer.demo [--conv] [--frames 200]
+    python scripts/stream_demo.py [--conv] [--frames 200]
 
 Runs the whole utterance as one compiled ``lax.scan`` over the streaming step, then the same step one segment at
 a time (as a live stream would, printing each segment's latency), and checks both against the full-utterance
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import ConvEmformer, Emformer
+from streamformer import ConvEmformer, Emformer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,15 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"whole utterance as one lax.scan: {(time.perf_counter() - start) * 1e3:.1f} ms")
 
     # One segment at a time, as audio arrives. The last segment may be partial; padding there is ignored.
-    steps = -(-T // S)
-    padded = jnp.pad(x[:, :T], ((0, 0), (0, steps * S - T), (0, 0)))
     state, outputs, latencies = model.init_state(1), [], []
     jax.block_until_ready(infer(variables, jnp.zeros((1, S + R, D)), jnp.array([S + R]), state))  # compile
-    for i in range(steps):
-        valid = min(S, T - i * S)
-        chunk = jnp.concatenate(
-            [padded[:, i * S : (i + 1) * S], x[:, i * S + valid : i * S + valid + R]], axis=1
-        )
+    for i, (chunk, chunk_length) in enumerate(model.layout.iter_chunks(np.asarray(x), np.array([T]))):
+        valid = int(chunk_length[0]) - R
         start = time.perf_counter()
         out, _, state = infer(variables, chunk, jnp.array([valid + R]), state)
         jax.block_until_ready(out)

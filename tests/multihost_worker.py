@@ -1,0 +1,81 @@
+"""One process of tests/test_multihost.py's runs (not a test module).
+
+python tests/multihost_worker.py WORKDIR PROCESS_ID NUM_PROCESSES PORT OVERRIDES_JSON
+
+With NUM_PROCESSES 2 it joins a jax.distributed run (coordinator 127.0.0.1:PORT) and trains through the CLI's
+fit twice: 3 steps, then (resuming from that checkpoint) to 6, followed by the dev evaluation. With 1 it is
+the single-process reference: 6 steps straight. It records which utterances it put on its devices at every
+step, which it decoded, the step it restored, and the dev results, in WORKDIR/process_<id>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
+
+from train import checkpoint, evaluate, multihost, trainer  # noqa: E402
+from train.__main__ import _parser, _setup_jax, cmd_fit  # noqa: E402
+
+workdir, process_id, num_processes, port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+overrides = json.loads(sys.argv[5])
+record: dict = {"loaded": {}, "decoded": [], "restored": []}
+
+batch_stream = trainer.batch_stream
+
+
+def recording_batch_stream(*args, **kwargs):
+    for step, batch in batch_stream(*args, **kwargs):
+        record["loaded"][step] = [i for i, v in zip(batch.ids, batch.valid) if v]
+        yield step, batch
+
+
+decode = evaluate.decode
+
+
+def recording_decode(model, variables, examples, *args, **kwargs):
+    record["decoded"] += [e.id for e in examples]
+    return decode(model, variables, examples, *args, **kwargs)
+
+
+restore = checkpoint.Checkpoints.restore
+
+
+def recording_restore(self, *args, **kwargs):
+    state = restore(self, *args, **kwargs)
+    record["restored"].append(int(state.step))
+    return state
+
+
+trainer.batch_stream = recording_batch_stream
+evaluate.decode = recording_decode
+checkpoint.Checkpoints.restore = recording_restore
+
+common = ["fit", "--workdir", str(workdir / "run"), "--preset", "tiny", "--quiet"]
+common += [a for item in overrides for a in ("--set", item)]
+if num_processes > 1:
+    distributed = ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", str(num_processes)]
+    args = _parser().parse_args([*common, *distributed, "--process-id", str(process_id), "--no-eval",
+                                 "--set", "loop.steps=3"])  # fmt: skip
+    _setup_jax(args)
+    cmd_fit(args)
+args = _parser().parse_args([*common, "--set", "loop.steps=6"])
+if num_processes == 1:
+    _setup_jax(args)
+summary = cmd_fit(args)
+record.update(
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    device_count=jax.device_count(),
+    local_device_count=jax.local_device_count(),
+    dev={k: summary["dev"][k] for k in ("wer", "cer", "utterances", "words", "word_errors", "char_errors")},
+    hypotheses=[e["hypothesis"] for e in summary["dev"]["examples"]],
+    # the transcripts' gathering, on strings that differ between processes (a micro model after 6 steps
+    # transcribes everything as "")
+    gathered=multihost.gather_strings(record["decoded"]) if num_processes > 1 else None,
+)
+(workdir / f"process_{process_id}.json").write_text(json.dumps(record))

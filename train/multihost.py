@@ -1,0 +1,77 @@
+"""Several processes (jax.distributed): what evaluation needs beyond the training step.
+
+Training shards each batch over the devices of every process (``trainer.Mesh1D``); evaluation decodes with
+per-process programs instead (beam and streaming search are sequential): each process decodes its share of
+the utterances (every n-th one) with its own copy of the parameters, and the transcripts are gathered with
+``multihost_utils.process_allgather``, so every process reports the error rates of the whole split, the same
+as one process would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from train import evaluate as evaluate_lib
+
+__all__ = ["local_copy", "gather_strings", "share", "evaluate"]
+
+
+def local_copy(tree: Any) -> Any:
+    """``tree`` with every replicated array that spans other processes' devices replaced by this process's
+    copy (on one local device), for computations that each process runs on its own."""
+
+    def local(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                raise ValueError(f"tree: expected replicated arrays, got one sharded as {x.sharding}")
+            return x.addressable_data(0)
+        return x
+
+    return jax.tree.map(local, tree)
+
+
+def share(items: Sequence, index: int | None = None, count: int | None = None) -> list:
+    """Process ``index``'s share of ``items`` (default: this process's): items index, index + count, ..."""
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    return list(items[index::count])
+
+
+def gather_strings(strings: Sequence[str]) -> list[list[str]]:
+    """Every process's ``strings`` (one list per process, by process index), through process_allgather."""
+    from jax.experimental import multihost_utils
+
+    blob = np.frombuffer(json.dumps(list(strings)).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([blob.size], np.int64))
+    padded = np.zeros(int(np.max(sizes)), np.uint8)
+    padded[: blob.size] = blob
+    gathered = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(gathered, np.ravel(sizes))]
+
+
+def evaluate(model, variables, examples: Sequence, tokenizer, **options) -> tuple[dict, list[str]]:
+    """``train.evaluate.evaluate`` over all processes: each decodes its share, all get every transcript
+    (in ``examples``' order) and the error rates of the whole set. One process: ``evaluate`` itself."""
+    count = jax.process_count()
+    if count == 1:
+        return evaluate_lib.evaluate(model, variables, examples, tokenizer, **options)
+    mine = share(examples)
+    hypotheses_here = (
+        evaluate_lib.decode(model, local_copy(variables), mine, tokenizer, **options) if mine else []
+    )
+    gathered = gather_strings(hypotheses_here)
+    hypotheses = [""] * len(examples)
+    for index, texts in enumerate(gathered):
+        hypotheses[index::count] = texts
+    rates = evaluate_lib.error_rates([e.text for e in examples], hypotheses)
+    beam_width, streaming = options.get("beam_width", 0), options.get("streaming", False)
+    rates.update(
+        search=f"beam{beam_width}" if beam_width else "greedy", mode="streaming" if streaming else "offline"
+    )
+    rates["processes"] = count
+    return rates, hypotheses
