@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,13 +65,38 @@ def _from_torch_layout(leaf: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _param_shapes(model) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+#: Top-level parameter collections that exist only for training and have no torchaudio counterpart
+#: (the pruned RNN-T loss's projections, ``streamformer.rnnt.with_simple_loss_projections``).
+_TRAINING_ONLY = ("simple_loss",)
+
+
+def _is_training_only(path: tuple[str, ...]) -> bool:
+    return path[0] in _TRAINING_ONLY
+
+
+def _all_param_shapes(model) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
     if not hasattr(model, "example_inputs"):
         raise TypeError(
             f"model: expected a streamformer model with example_inputs(), got {type(model).__name__}"
         )
     shapes = jax.eval_shape(model.init, jax.random.key(0), *model.example_inputs())
     return traverse_util.flatten_dict(shapes["params"])
+
+
+def _param_shapes(model) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+    """The parameters torchaudio has (training-only ones left out)."""
+    return {path: spec for path, spec in _all_param_shapes(model).items() if not _is_training_only(path)}
+
+
+def _init_training_only(model, rng) -> dict[tuple[str, ...], jax.Array]:
+    """Freshly initialised training-only parameters of ``model`` (empty when it has none): the projections
+    alone are initialised, not the whole model."""
+    projections = getattr(model, "simple_loss", None)
+    if projections is None:
+        return {}
+    example = jax.numpy.zeros((1, 1, projections.input_dim))
+    params = projections.clone(parent=None).init(rng, example, example)["params"]
+    return {("simple_loss", *path): value for path, value in traverse_util.flatten_dict(params).items()}
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -111,13 +137,18 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ValueError(f"state_dict: expected a .pt, .pth or .safetensors file, got {path!r}")
 
 
-def from_torchaudio(model, state_dict: Mapping[str, Any] | str | os.PathLike) -> dict:
+def from_torchaudio(
+    model, state_dict: Mapping[str, Any] | str | os.PathLike, *, rng: jax.Array | None = None
+) -> dict:
     """Converts a torchaudio state dict into Flax variables ``{'params': ...}`` for ``model``.
 
     Args:
         model: a streamformer model (Emformer, ConvEmformer, RNNT) configured like the torchaudio model.
         state_dict: parameter name -> torch tensor or numpy array, or a path to a ``.pt``/``.pth``/``.safetensors``
             checkpoint.
+        rng: initialises the parameters torchaudio has no counterpart for (the pruned RNN-T loss's
+            ``simple_loss`` projections, on a model from ``with_simple_loss_projections``), with a warning
+            that says so; default ``jax.random.key(0)``.
 
     Raises:
         ConversionError: listing every missing, unexpected and mis-shaped key at once.
@@ -146,14 +177,25 @@ def from_torchaudio(model, state_dict: Mapping[str, Any] | str | os.PathLike) ->
             f"state_dict does not fit {type(model).__name__} ({len(problems)} problems):\n  "
             + "\n  ".join(problems)
         )
+    fresh = _init_training_only(model, jax.random.key(0) if rng is None else rng)
+    if fresh:
+        names = sorted({".".join(path[:-1]) for path in fresh})
+        warnings.warn(
+            f"from_torchaudio: torchaudio has no {', '.join(names)}; initialised them freshly "
+            f"(training-only projections of the pruned RNN-T loss)",
+            stacklevel=2,
+        )
+        converted.update(fresh)
     return {"params": traverse_util.unflatten_dict(converted)}
 
 
 def to_torchaudio(model, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Converts Flax variables of ``model`` into a torchaudio state dict of float32 numpy arrays, which the
-    torchaudio model loads with ``load_state_dict({k: torch.from_numpy(v) ...}, strict=True)``."""
+    torchaudio model loads with ``load_state_dict({k: torch.from_numpy(v) ...}, strict=True)``. Training-only
+    parameters (the pruned RNN-T loss's ``simple_loss`` projections) are left out."""
     params = variables["params"] if "params" in variables else variables
     flat = traverse_util.flatten_dict(dict(params))
+    flat = {path: value for path, value in flat.items() if not _is_training_only(path)}
     expected = _param_shapes(model)
     if set(flat) != set(expected):
         names = sorted(torchaudio_key(p) for p in set(flat) ^ set(expected))

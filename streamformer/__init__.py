@@ -17,8 +17,11 @@ from .rnnt import (
     emformer_rnnt_base,
     emformer_rnnt_model,
     joiner_fn,
+    pruned_joiner_fn,
+    with_simple_loss_projections,
 )
 from .rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
+from .rnnt_loss_pruned import pruned_rnnt_loss, rnnt_loss_pruned, rnnt_loss_simple, rnnt_prune_ranges
 from .state import batch_axes, reset_streams, select_streams, take_streams
 from .streaming import EmformerState
 
@@ -39,10 +42,16 @@ __all__ = [
     "emformer_rnnt_base",
     "emformer_rnnt_model",
     "joiner_fn",
+    "pruned_joiner_fn",
+    "pruned_rnnt_loss",
     "reset_streams",
     "rnnt_loss",
     "rnnt_loss_from_encodings",
+    "rnnt_loss_pruned",
+    "rnnt_loss_simple",
+    "rnnt_prune_ranges",
     "segment_chunks",
     "select_streams",
     "take_streams",
+    "with_simple_loss_projections",
 ]

@@ -56,6 +56,9 @@ __all__ = [
     "emformer_rnnt_base",
     "conv_emformer_rnnt_model",
     "joiner_fn",
+    "SimpleLossProjections",
+    "with_simple_loss_projections",
+    "pruned_joiner_fn",
 ]
 
 
@@ -309,6 +312,18 @@ class Joiner(nn.Module):
         B = source_encodings.shape[0]
         _checks.array_shape("target_encodings", target_encodings, (B, None, self.input_dim), "(B, U, D)")
         joint = source_encodings[:, :, None, :] + target_encodings[:, None, :, :]
+        joint = nn.relu(joint) if self.activation == "relu" else jnp.tanh(joint)
+        return self.linear(joint)
+
+    def pruned_logits(self, source_encodings: jax.Array, pruned_target_encodings: jax.Array) -> jax.Array:
+        """source_encodings (B, T, D), pruned_target_encodings (B, T, K, D) (K target encodings per frame, as
+        the pruned RNN-T loss gathers them) -> logits (B, T, K, V): the same joiner on those pairs only."""
+        _checks.array_shape("source_encodings", source_encodings, (None, None, self.input_dim), "(B, T, D)")
+        B, T = source_encodings.shape[:2]
+        _checks.array_shape(
+            "pruned_target_encodings", pruned_target_encodings, (B, T, None, self.input_dim), "(B, T, K, D)"
+        )
+        joint = source_encodings[:, :, None, :] + pruned_target_encodings
         joint = nn.relu(joint) if self.activation == "relu" else jnp.tanh(joint)
         return self.linear(joint)
 
@@ -591,6 +606,32 @@ class ConvEmformerTranscriber(EmformerTranscriber):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Simple-loss projections (training only)
+
+
+class SimpleLossProjections(nn.Module):
+    """The two projections the pruned RNN-T loss's simple loss needs (icefall's simple_am_proj and
+    simple_lm_proj): encoder output -> V (``am_proj``) and predictor output -> V (``lm_proj``). Used only in
+    training; torchaudio has no counterpart (``convert`` leaves them out of torchaudio state dicts)."""
+
+    input_dim: int
+    num_symbols: int
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        kw = dict(fan_in=self.input_dim, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.am_proj = dense(self.num_symbols, **kw)
+        self.lm_proj = dense(self.num_symbols, **kw)
+
+    def __call__(
+        self, source_encodings: jax.Array, target_encodings: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """(B, T, D), (B, U + 1, D) -> am_logits (B, T, V), lm_logits (B, U + 1, V)."""
+        return self.am_proj(source_encodings), self.lm_proj(target_encodings)
+
+
+# ----------------------------------------------------------------------------------------------------
 # The transducer
 
 
@@ -618,6 +659,8 @@ class RNNT(nn.Module):
     transcriber: EmformerTranscriber
     predictor: Predictor
     joiner: Joiner
+    #: Training-only projections for the pruned RNN-T loss (``with_simple_loss_projections``); None: absent.
+    simple_loss: SimpleLossProjections | None = None
 
     # -- configuration and state -----------------------------------------------------------------
 
@@ -705,6 +748,8 @@ class RNNT(nn.Module):
         logits, source_lengths, target_lengths = self.joiner(
             source_encodings, source_lengths, target_encodings, target_lengths
         )
+        if self.simple_loss is not None and self.is_initializing():
+            self.simple_loss(source_encodings, target_encodings)  # creates their parameters in model.init
         return logits, source_lengths, target_lengths, predictor_state
 
     def transcribe(
@@ -767,6 +812,24 @@ class RNNT(nn.Module):
         """The joiner without lengths: (B, T, D), (B, U, D) -> logits (B, T, U, V)."""
         return self.joiner.logits(source_encodings, target_encodings)
 
+    def joint_logits_pruned(
+        self, source_encodings: jax.Array, pruned_target_encodings: jax.Array
+    ) -> jax.Array:
+        """The joiner on K gathered targets per frame: (B, T, D), (B, T, K, D) -> logits (B, T, K, V)."""
+        return self.joiner.pruned_logits(source_encodings, pruned_target_encodings)
+
+    def simple_logits(
+        self, source_encodings: jax.Array, target_encodings: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """The simple-loss projections: (B, T, D), (B, U + 1, D) -> am_logits (B, T, V), lm_logits
+        (B, U + 1, V). Only on a model from ``with_simple_loss_projections``."""
+        if self.simple_loss is None:
+            raise ValueError(
+                "simple_logits: this RNNT has no simple-loss projections; build it with "
+                "with_simple_loss_projections(model)"
+            )
+        return self.simple_loss(source_encodings, target_encodings)
+
 
 def joiner_fn(model: RNNT, variables) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """A pure function ``(source_encodings (B, Tc, D), target_encodings (B, U, D)) -> logits (B, Tc, U, V)``
@@ -777,6 +840,34 @@ def joiner_fn(model: RNNT, variables) -> Callable[[jax.Array, jax.Array], jax.Ar
         return model.apply(variables, source_encodings, target_encodings, method=RNNT.joint_logits)
 
     return join
+
+
+def pruned_joiner_fn(model: RNNT, variables) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """A pure function ``(source_encodings (B, T, D), pruned_target_encodings (B, T, K, D)) -> logits
+    (B, T, K, V)`` of ``model``'s joiner with ``variables``: the joiner argument of
+    ``streamformer.rnnt_loss_pruned`` and ``streamformer.pruned_rnnt_loss``."""
+
+    def join(source_encodings: jax.Array, pruned_target_encodings: jax.Array) -> jax.Array:
+        return model.apply(
+            variables, source_encodings, pruned_target_encodings, method=RNNT.joint_logits_pruned
+        )
+
+    return join
+
+
+def with_simple_loss_projections(model: RNNT) -> RNNT:
+    """``model`` with the pruned RNN-T loss's two projections (encoder and predictor output -> V) added as
+    ``simple_loss`` (``model.init`` creates their parameters; ``RNNT.simple_logits`` applies them). Every
+    other parameter, and what ``convert.to_torchaudio`` writes, is unchanged."""
+    if not isinstance(model, RNNT):
+        raise TypeError(f"model: expected an RNNT, got {type(model).__name__}")
+    if model.simple_loss is not None:
+        return model
+    joiner = model.joiner
+    projections = SimpleLossProjections(
+        joiner.input_dim, joiner.output_dim, dtype=joiner.dtype, param_dtype=joiner.param_dtype, parent=None
+    )
+    return model.clone(simple_loss=projections)
 
 
 # ----------------------------------------------------------------------------------------------------

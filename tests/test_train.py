@@ -230,6 +230,40 @@ def test_conv_emformer_bfloat16_step_runs(step_setup):
     assert jax.tree.leaves(state.params)[0].dtype == jnp.float32
 
 
+def test_pruned_loss_step_trains(step_setup):
+    """optim.loss=pruned: the model gains the simple-loss projections, steps are finite, the loss falls."""
+    config = micro_config(
+        "data.spec_augment=false",
+        "model.transformer_dropout=0",
+        "model.lstm_dropout=0",
+        "optim.loss=pruned",
+        "optim.prune_range=3",
+        "optim.loss_warmup_steps=2",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=1",
+    )
+    from train.trainer import build_model
+
+    _, _, _, batch = step_setup
+    with pytest.raises(ValueError, match=r"optim.loss: \"pruned\" needs the simple-loss projections"):
+        make_train_step(build_model(config.model, 25), make_optimizer(config.optim, 100), config, blank=24)
+    model = build_model(config.model, 25, simple_loss_projections=True)
+    optimizer = make_optimizer(config.optim, 100)
+    state = init_state(model, optimizer, 0)
+    assert "simple_loss" in state.params
+    step = jax.jit(make_train_step(model, optimizer, config, blank=24))
+    losses = []
+    for _ in range(4):
+        state, metrics = step(state, batch)
+        assert bool(metrics["finite"])
+        losses.append(float(metrics["loss"]))
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    from train.trainer import make_eval_loss
+
+    loss_sum, count = jax.jit(make_eval_loss(model, config, blank=24))(state.params, batch)
+    assert np.isfinite(float(loss_sum)) and float(count) == 3
+
+
 # ------------------------------------------------------------------------------------------------------------
 # End to end (in-process CLI)
 

@@ -75,6 +75,14 @@ class OptimConfig:
 
     torchaudio's LibriSpeech recipe: Adam(5e-4, betas (0.9, 0.999), eps 1e-8), 10k warm-up steps then
     constant, gradient clipping at 10, RNN-T loss summed over the batch with clamp 1.0.
+
+    loss: "full" (the exact RNN-T loss, memory-efficient path, ``loss_clamp`` and ``loss_chunk_frames``
+        apply) or "pruned" (k2/icefall's pruned RNN-T loss: the model gains the two simple-loss projections).
+    Pruned: ``prune_range`` label positions per frame; the objective is ``simple_scale * simple +
+    pruned_scale * pruned`` where, as icefall's zipformer recipe, over the first ``loss_warmup_steps`` steps
+    simple_scale falls linearly from 1 to ``simple_loss_scale`` and pruned_scale rises from 0.1 to 1 (the
+    ranges come from the simple loss, which must learn first); ``lm_only_scale`` and ``am_only_scale``
+    smooth the simple loss.
     """
 
     lr: float = 5e-4
@@ -89,6 +97,12 @@ class OptimConfig:
     loss_reduction: str = "sum"
     loss_clamp: float = 1.0
     loss_chunk_frames: int = 0
+    loss: str = "full"
+    prune_range: int = 5
+    simple_loss_scale: float = 0.5
+    loss_warmup_steps: int = 2000
+    lm_only_scale: float = 0.25
+    am_only_scale: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -209,6 +223,7 @@ def _tiny() -> Config:
 def _base() -> Config:
     """torchaudio's emformer_rnnt_base and its LibriSpeech recipe (4096 BPE pieces, Adam 5e-4, warm-up)."""
     return Config(
+        optim=OptimConfig(loss="pruned"),
         data=DataConfig(vocab_size=4096, batch_size=64, num_buckets=8),
         loop=LoopConfig(steps=200_000, checkpoint_every=2000, eval_every=10_000, log_every=50),
     )

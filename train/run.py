@@ -59,7 +59,9 @@ class Run:
     def model(self):
         from train.trainer import build_model
 
-        return build_model(self.config.model, self.num_symbols)
+        return build_model(
+            self.config.model, self.num_symbols, simple_loss_projections=self.config.optim.loss == "pruned"
+        )
 
     def restore_variables(self, step: int | None = None):
         """The parameters of checkpoint ``step`` (default: the latest) as model variables."""

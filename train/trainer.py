@@ -24,8 +24,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from streamformer.io import atomic_write_text
-from streamformer.rnnt import RNNT, joiner_fn
+from streamformer.rnnt import RNNT, joiner_fn, pruned_joiner_fn, with_simple_loss_projections
 from streamformer.rnnt_loss import rnnt_loss_from_encodings
+from streamformer.rnnt_loss_pruned import pruned_rnnt_loss
 from train import data as data_lib
 from train.checkpoint import Checkpoints, abstract_like
 from train.config import Config, ModelConfig, OptimConfig, to_dict
@@ -49,9 +50,11 @@ __all__ = [
 # Model and optimizer
 
 
-def build_model(config: ModelConfig, num_symbols: int) -> RNNT:
-    """The transducer of ``config`` with ``num_symbols`` outputs (blank included)."""
-    return RNNT.from_config(config.transducer(num_symbols), dtype=config.compute_dtype())
+def build_model(config: ModelConfig, num_symbols: int, *, simple_loss_projections: bool = False) -> RNNT:
+    """The transducer of ``config`` with ``num_symbols`` outputs (blank included); with the pruned RNN-T
+    loss's two projections when ``simple_loss_projections`` (``optim.loss == "pruned"``)."""
+    model = RNNT.from_config(config.transducer(num_symbols), dtype=config.compute_dtype())
+    return with_simple_loss_projections(model) if simple_loss_projections else model
 
 
 def learning_rate_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -130,12 +133,46 @@ def init_state(model: RNNT, optimizer: optax.GradientTransformation, seed: int) 
     )
 
 
-def make_loss_fn(model: RNNT, config: Config, blank: int) -> Callable:
-    """``loss_fn(params, batch, rng, deterministic) -> (objective, (loss_sum, count))``; the objective is the
-    RNN-T loss summed ("sum") or averaged ("mean") over the batch's valid rows."""
-    optim, data = config.optim, config.data
+def _pruned_losses(model: RNNT, variables, optim: OptimConfig, blank: int, step, *inputs):
+    """Per-sequence (objective, pruned RNN-T loss) of the pruned path, icefall's warm-up applied."""
+    sources, target_encodings, targets, source_lengths, target_lengths = inputs
+    am_logits, lm_logits = model.apply(variables, sources, target_encodings, method=RNNT.simple_logits)
+    simple, pruned = pruned_rnnt_loss(
+        sources,
+        target_encodings,
+        pruned_joiner_fn(model, variables),
+        am_logits,
+        lm_logits,
+        targets,
+        source_lengths,
+        target_lengths,
+        prune_range=optim.prune_range,
+        blank=blank,
+        reduction="none",
+        lm_only_scale=optim.lm_only_scale,
+        am_only_scale=optim.am_only_scale,
+    )
+    warm = jnp.minimum(step.astype(jnp.float32) / max(optim.loss_warmup_steps, 1), 1.0)
+    simple_scale = 1.0 - warm * (1.0 - optim.simple_loss_scale)
+    pruned_scale = 0.1 + 0.9 * warm
+    return simple_scale * simple + pruned_scale * pruned, pruned
 
-    def loss_fn(params, batch, rng, deterministic: bool):
+
+def make_loss_fn(model: RNNT, config: Config, blank: int) -> Callable:
+    """``loss_fn(params, batch, rng, deterministic, step=None) -> (objective, (loss_sum, count))``; the
+    objective is the RNN-T loss summed ("sum") or averaged ("mean") over the batch's valid rows. With
+    ``optim.loss == "pruned"`` the objective is the warmed-up mix of the simple and pruned losses (``step``:
+    the training step, None: warm-up over) and loss_sum sums the pruned RNN-T losses."""
+    optim, data = config.optim, config.data
+    if optim.loss not in ("full", "pruned"):
+        raise ValueError(f"optim.loss: expected 'full' or 'pruned', got {optim.loss!r}")
+    if optim.loss == "pruned" and model.simple_loss is None:
+        raise ValueError(
+            'optim.loss: "pruned" needs the simple-loss projections: build_model(..., '
+            "simple_loss_projections=True)"
+        )
+
+    def loss_fn(params, batch, rng, deterministic: bool, step=None):
         augment_key, dropout_key = jax.random.split(rng)
         features, lengths = batch["features"], batch["feature_lengths"]
         if data.spec_augment and not deterministic:
@@ -149,21 +186,38 @@ def make_loss_fn(model: RNNT, config: Config, blank: int) -> Callable:
         target_encodings, _, _ = model.apply(
             variables, prefixed, target_lengths + 1, None, deterministic, method=RNNT.predict, rngs=rngs
         )
-        losses = rnnt_loss_from_encodings(
-            sources,
-            target_encodings,
-            joiner_fn(model, variables),
-            targets,
-            jnp.maximum(source_lengths, 1),
-            target_lengths,
-            blank=blank,
-            clamp=optim.loss_clamp,
-            reduction="none",
-            chunk_size=optim.loss_chunk_frames or sources.shape[1],
-        )
+        if optim.loss == "pruned":
+            objectives, losses = _pruned_losses(
+                model,
+                variables,
+                optim,
+                blank,
+                jnp.asarray(optim.loss_warmup_steps if step is None else step),
+                sources,
+                target_encodings,
+                targets,
+                jnp.maximum(source_lengths, 1),
+                target_lengths,
+            )
+        else:
+            losses = objectives = rnnt_loss_from_encodings(
+                sources,
+                target_encodings,
+                joiner_fn(model, variables),
+                targets,
+                jnp.maximum(source_lengths, 1),
+                target_lengths,
+                blank=blank,
+                clamp=optim.loss_clamp,
+                reduction="none",
+                chunk_size=optim.loss_chunk_frames or sources.shape[1],
+            )
         weights = batch["valid"].astype(jnp.float32)
         loss_sum, count = jnp.sum(losses * weights), jnp.sum(weights)
-        objective = loss_sum if optim.loss_reduction == "sum" else loss_sum / jnp.maximum(count, 1.0)
+        objective_sum = jnp.sum(objectives * weights)
+        objective = (
+            objective_sum if optim.loss_reduction == "sum" else objective_sum / jnp.maximum(count, 1.0)
+        )
         return objective, (loss_sum, count)
 
     return loss_fn
@@ -187,7 +241,7 @@ def make_train_step(
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, (loss_sum, count)), grads = grad_fn(state.params, batch, rng, False)
+        (_, (loss_sum, count)), grads = grad_fn(state.params, batch, rng, False, state.step)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(batch["features"]))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
