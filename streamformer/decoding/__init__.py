@@ -5,6 +5,9 @@ Here the same searches run on fixed-shape arrays inside compiled programs, for a
 
 - ``greedy``: ``greedy_search`` (offline), ``GreedySearch`` / ``greedy_frames`` (the search over frames).
 - ``beam``: torchaudio's beam search: ``beam_search`` (offline), ``BeamSearch`` / ``beam_frames``.
+- ``modified_beam``: icefall's modified beam search (at most one token per frame, all hypotheses of all
+  utterances in one joiner call): ``modified_beam_search`` (offline), ``ModifiedBeamSearch`` /
+  ``modified_beam_frames``.
 - ``streaming``: ``StreamingDecoder`` (one compiled step per segment for a batch of independent streams, with
   a search object chosen once) and ``stream_segments`` (the chunk feeder).
 
@@ -19,6 +22,13 @@ it is given, valid or not.
 
 from .beam import BeamSearch, BeamState, Hypothesis, beam_frames, beam_search, init_beam_state
 from .greedy import GreedySearch, GreedyState, greedy_frames, greedy_search, init_greedy_state
+from .modified_beam import (
+    ModifiedBeamSearch,
+    ModifiedBeamState,
+    init_modified_beam_state,
+    modified_beam_frames,
+    modified_beam_search,
+)
 from .streaming import StreamingDecoder, StreamingDecoderState, stream_segments
 
 __all__ = [
@@ -27,6 +37,8 @@ __all__ = [
     "GreedySearch",
     "GreedyState",
     "Hypothesis",
+    "ModifiedBeamSearch",
+    "ModifiedBeamState",
     "StreamingDecoder",
     "StreamingDecoderState",
     "beam_frames",
@@ -35,5 +47,8 @@ __all__ = [
     "greedy_search",
     "init_beam_state",
     "init_greedy_state",
+    "init_modified_beam_state",
+    "modified_beam_frames",
+    "modified_beam_search",
     "stream_segments",
 ]

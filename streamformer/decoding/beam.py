@@ -51,10 +51,12 @@ __all__ = ["BeamSearch", "BeamState", "Hypothesis", "beam_frames", "beam_search"
 @dataclasses.dataclass(frozen=True)
 class Hypothesis:
     """One beam search result: ``tokens`` the emitted token ids (without the initial blank), ``score`` the
-    total log-probability (torchaudio's ``hypo[3]``)."""
+    total log-probability (torchaudio's ``hypo[3]``), ``timestamps`` (when asked for) the encoder frame each
+    token was emitted at, counted from the utterance's start."""
 
     tokens: list[int]
     score: float
+    timestamps: list[int] | None = None
 
 
 @flax.struct.dataclass
