@@ -47,7 +47,9 @@ def plain(model_and_variables):
     """Jitted model calls for the plain reference: predict_step on one token, joint_logits on one frame."""
     model, variables = model_and_variables
     predict = jax.jit(lambda t, s: model.apply(variables, t, s, method=RNNT.predict_step))
-    join = jax.jit(lambda e, p: model.apply(variables, e[None, None], p[None, None], method=RNNT.joint_logits))
+    join = jax.jit(
+        lambda e, p: model.apply(variables, e[None, None], p[None, None], method=RNNT.joint_logits)
+    )
     transcribe = jax.jit(lambda x, n: model.apply(variables, x, n, method=RNNT.transcribe))
     return predict, join, transcribe
 
@@ -63,7 +65,7 @@ def reference_modified_beam(plain, encodings: np.ndarray, beam_width: int):  # n
     merges = 0
     for t, frame in enumerate(encodings):
         candidates = []
-        for tokens, (score, out, state, frames) in hyps.items():
+        for tokens, (score, out, _, _) in hyps.items():
             logits = np.asarray(join(jnp.asarray(frame), out), np.float64)[0, 0, 0]
             log_probs = logits - np.logaddexp.reduce(logits)
             candidates += [(score + log_probs[v], tokens, v) for v in range(V)]
@@ -130,7 +132,9 @@ def test_merges_happen(references):
 
 
 @pytest.mark.parametrize("beam_width", [2, 4])
-def test_streaming_staggered_streams_equal_plain_reference(model_and_variables, sources, references, beam_width):
+def test_streaming_staggered_streams_equal_plain_reference(
+    model_and_variables, sources, references, beam_width
+):
     """Slot 0 decodes utterance 0 from step 0, slot 1 utterance 1 from step 2, slot 2 utterance 2 from step
     1; each stream ends at its own step. Every result equals the plain reference on the utterance alone."""
     model, variables = model_and_variables

@@ -104,6 +104,7 @@ def init_modified_beam_state(
 
 def _flat(tree: Any, B: int, K: int) -> Any:
     """The (B, K)-stacked predictor state as the model's batch of B K (the model's own batch axis)."""
+
     def merge(axis, x):
         x = jnp.moveaxis(x, 0, axis)  # (..., B, K, ...) with B at the model's batch axis
         return x.reshape(x.shape[:axis] + (B * K,) + x.shape[axis + 2 :])
@@ -172,7 +173,9 @@ def _frame(model: RNNT, variables, state: ModifiedBeamState, encoding, valid, *,
         pstate = select_streams(flat_emit, pstate, parent_state)
         return jnp.where(emit[..., None], out.reshape(B, K, -1), parent_out), pstate
 
-    out, pstate = jax.lax.cond(jnp.any(emit & valid[:, None]), advance, lambda _: (parent_out, parent_state), None)
+    out, pstate = jax.lax.cond(
+        jnp.any(emit & valid[:, None]), advance, lambda _: (parent_out, parent_state), None
+    )
     # Best first again (merging may have emptied slots between survivors).
     order = jnp.argsort(-scores, axis=-1, stable=True)
     pick = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa: E731
@@ -213,7 +216,9 @@ def modified_beam_frames(
 
     def step(state, inputs):
         encoding, frame_valid = inputs
-        return _frame(model, variables, state, encoding, frame_valid, blank=blank, temperature=temperature), None
+        return _frame(
+            model, variables, state, encoding, frame_valid, blank=blank, temperature=temperature
+        ), None
 
     state, _ = jax.lax.scan(step, state, (jnp.swapaxes(encodings, 0, 1), valid))
     return state
@@ -264,7 +269,13 @@ class ModifiedBeamSearch:
 
     def frames(self, model: RNNT, variables, state: ModifiedBeamState, encodings, lengths, *, blank: int):
         return modified_beam_frames(
-            model, variables, state, encodings, lengths, blank=blank, temperature=jnp.float32(self.temperature)
+            model,
+            variables,
+            state,
+            encodings,
+            lengths,
+            blank=blank,
+            temperature=jnp.float32(self.temperature),
         )
 
     def needs_more_room(self, state: ModifiedBeamState) -> bool:
