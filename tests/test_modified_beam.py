@@ -11,35 +11,19 @@ import numpy as np
 import pytest
 
 from streamformer.decoding import ModifiedBeamSearch, StreamingDecoder, modified_beam_search
-from streamformer.rnnt import RNNT, emformer_rnnt_model
-from tests.rnnt_cases import TINY_RNNT, R, S, V
-
-F = TINY_RNNT["input_dim"]
-BLANK = V - 1
+from streamformer.rnnt import RNNT
+from tests.decoding_cases import BLANK, F, padded_sources, tiny_model
+from tests.rnnt_cases import R, S, V
 
 
 @pytest.fixture(scope="module")
 def model_and_variables():
-    """The joiner's output scaled up: peaked distributions, tokens emitted often, and hypotheses that collide
-    at beam width 4 (merges happen)."""
-    model = emformer_rnnt_model(**TINY_RNNT)
-    variables = jax.jit(model.init)(jax.random.key(0), *model.example_inputs())
-    params = jax.tree_util.tree_map(lambda x: x, variables["params"])
-    linear = dict(params["joiner"]["linear"])
-    linear["kernel"] = linear["kernel"] * 3.0
-    params = {**params, "joiner": {**params["joiner"], "linear": linear}}
-    return model, {**variables, "params": params}
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
 def sources():
-    """Three utterances of 40, 24 and 16 frames, padded to 40 + R frames."""
-    rng = np.random.default_rng(1)
-    lengths = np.array([40, 24, 16])
-    x = rng.standard_normal((3, 40 + R, F)).astype(np.float32)
-    for b, n in enumerate(lengths):
-        x[b, n + R :] = 0.0
-    return x, lengths
+    return padded_sources()
 
 
 @pytest.fixture(scope="module")

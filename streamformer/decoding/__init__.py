@@ -8,6 +8,8 @@ Here the same searches run on fixed-shape arrays inside compiled programs, for a
 - ``modified_beam``: icefall's modified beam search (at most one token per frame, all hypotheses of all
   utterances in one joiner call): ``modified_beam_search`` (offline), ``ModifiedBeamSearch`` /
   ``modified_beam_frames``.
+- ``timestamps``: ``frame_period`` and ``word_times`` (word start and end times in seconds from the
+  searches' per-token frames).
 - ``streaming``: ``StreamingDecoder`` (one compiled step per segment for a batch of independent streams, with
   a search object chosen once) and ``stream_segments`` (the chunk feeder).
 
@@ -30,6 +32,7 @@ from .modified_beam import (
     modified_beam_search,
 )
 from .streaming import StreamingDecoder, StreamingDecoderState, stream_segments
+from .timestamps import Word, frame_period, word_times
 
 __all__ = [
     "BeamSearch",
@@ -41,8 +44,10 @@ __all__ = [
     "ModifiedBeamState",
     "StreamingDecoder",
     "StreamingDecoderState",
+    "Word",
     "beam_frames",
     "beam_search",
+    "frame_period",
     "greedy_frames",
     "greedy_search",
     "init_beam_state",
@@ -51,4 +56,5 @@ __all__ = [
     "modified_beam_frames",
     "modified_beam_search",
     "stream_segments",
+    "word_times",
 ]
