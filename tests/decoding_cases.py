@@ -15,12 +15,15 @@ BLANK = V - 1
 LENGTHS = (40, 24, 16)
 
 
-def tiny_model(joiner_scale: float = 3.0) -> tuple[RNNT, dict]:
+def tiny_model(joiner_scale: float = 3.0, blank_bias: float = 0.0) -> tuple[RNNT, dict]:
+    """blank_bias is added to the blank's logit: with 1.0 this model decodes all-zero input ("silence") to
+    blanks only and random input to many tokens (what the endpointing tests need)."""
     model = emformer_rnnt_model(**TINY_RNNT)
     variables = jax.jit(model.init)(jax.random.key(0), *model.example_inputs())
     params = variables["params"]
     linear = dict(params["joiner"]["linear"])
     linear["kernel"] = linear["kernel"] * joiner_scale
+    linear["bias"] = linear["bias"].at[BLANK].add(blank_bias)
     params = {**params, "joiner": {**params["joiner"], "linear": linear}}
     return model, {**variables, "params": params}
 

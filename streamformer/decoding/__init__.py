@@ -10,6 +10,8 @@ Here the same searches run on fixed-shape arrays inside compiled programs, for a
   ``modified_beam_frames``.
 - ``timestamps``: ``frame_period`` and ``word_times`` (word start and end times in seconds from the
   searches' per-token frames).
+- ``endpoint``: endpoint rules for live streams (``EndpointConfig``, ``EndpointRule``,
+  ``detect_endpoints``, ``endpoint_step``).
 - ``streaming``: ``StreamingDecoder`` (one compiled step per segment for a batch of independent streams, with
   a search object chosen once) and ``stream_segments`` (the chunk feeder).
 
@@ -23,6 +25,7 @@ it is given, valid or not.
 """
 
 from .beam import BeamSearch, BeamState, Hypothesis, beam_frames, beam_search, init_beam_state
+from .endpoint import EndpointConfig, EndpointRule, detect_endpoints, endpoint_step
 from .greedy import GreedySearch, GreedyState, greedy_frames, greedy_search, init_greedy_state
 from .modified_beam import (
     ModifiedBeamSearch,
@@ -37,6 +40,8 @@ from .timestamps import Word, frame_period, word_times
 __all__ = [
     "BeamSearch",
     "BeamState",
+    "EndpointConfig",
+    "EndpointRule",
     "GreedySearch",
     "GreedyState",
     "Hypothesis",
@@ -47,6 +52,8 @@ __all__ = [
     "Word",
     "beam_frames",
     "beam_search",
+    "detect_endpoints",
+    "endpoint_step",
     "frame_period",
     "greedy_frames",
     "greedy_search",

@@ -126,8 +126,11 @@ class StreamingDecoder:
         _checks.positive_int("batch_size", batch_size)
         return self._init(self.variables, batch_size, self.max_tokens)
 
-    def reset(self, state: StreamingDecoderState, mask: jax.Array) -> StreamingDecoderState:
-        """``state`` with the streams where ``mask`` (B,) is True started afresh (new utterances)."""
+    def reset(
+        self, state: StreamingDecoderState, mask: jax.Array, *, reset_transcriber: bool = True
+    ) -> StreamingDecoderState:
+        """``state`` with the streams where ``mask`` (B,) is True started afresh (new utterances); with
+        ``reset_transcriber=False`` only their search state (an endpoint inside a continuing stream)."""
         B = state.transcriber.batch_size
         mask = jnp.asarray(mask)
         _checks.array_shape("mask", mask, (B,), "(B,) one flag per stream")
@@ -137,6 +140,8 @@ class StreamingDecoder:
         if isinstance(search, BeamState):
             search = search.replace(expansion_capacity=state.search.expansion_capacity)
         fresh = fresh.replace(search=search)
+        if not reset_transcriber:
+            fresh = fresh.replace(transcriber=state.transcriber)
         return select_streams(mask, fresh, state)
 
     def step(
