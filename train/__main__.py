@@ -265,9 +265,15 @@ def transcribe_file(run: Run, model, variables, path: str, beam: int = 0, out=No
 
 
 def cmd_transcribe(args) -> dict:
+    if not args.files and not args.manifest:
+        raise ValueError("files: expected audio files or --manifest FILE.jsonl, got neither")
     run = Run(_config_for(args), Path(args.workdir))
     run.load_frontend()
     model, variables, _ = run.restore_variables(args.step)
+    if args.out or args.manifest:  # batch mode: train/batch_transcribe.py
+        from train.batch_transcribe import cmd_batch_transcribe
+
+        return cmd_batch_transcribe(run, model, variables, args)
     return {
         "transcripts": {path: transcribe_file(run, model, variables, path, args.beam) for path in args.files}
     }
@@ -399,9 +405,12 @@ def _parser() -> argparse.ArgumentParser:
 
     transcribe = commands.add_parser("transcribe", help="stream audio files through a checkpoint")
     common(transcribe)
-    transcribe.add_argument("files", nargs="+", help="wav or flac files (16 kHz; others are resampled)")
+    transcribe.add_argument("files", nargs="*", help="wav or flac files (16 kHz; others are resampled)")
     transcribe.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
     transcribe.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    from train.batch_transcribe import add_arguments as add_batch_arguments
+
+    add_batch_arguments(transcribe)
 
     stats = commands.add_parser("stats", help="global feature statistics of a dataset")
     stats.add_argument(
