@@ -12,6 +12,9 @@ Here the same searches run on fixed-shape arrays inside compiled programs, for a
   searches' per-token frames).
 - ``endpoint``: endpoint rules for live streams (``EndpointConfig``, ``EndpointRule``,
   ``detect_endpoints``, ``endpoint_step``).
+- ``export``: ``export_transducer`` (``jax.export`` of the streaming step and the offline transcription into
+  an artifact directory) and ``load_exported`` (runs it with jax and numpy only; import it from
+  ``streamformer.decoding.export``, or load the artifact's runtime.py by path without streamformer).
 - ``streaming``: ``StreamingDecoder`` (one compiled step per segment for a batch of independent streams, with
   a search object chosen once) and ``stream_segments`` (the chunk feeder).
 
