@@ -103,3 +103,52 @@ def test_batch_mode_end_to_end(model_and_variables, tmp_path, capsys):
         cmd_batch_transcribe(
             run, model, variables, parser.parse_args(["x.wav", "--out", "o", "--search", "beam"])
         )
+
+
+def test_exported_artifact_transcribes_like_the_checkpoint(model_and_variables, tmp_path, capsys):
+    """``python -m train export`` then ``transcribe --exported``: the same JSON lines as the live model."""
+    from streamformer.text import Tokenizer, train_bpe
+    from train.batch_transcribe import add_export_arguments, cmd_transcribe_exported, export_checkpoint
+
+    model, variables = model_and_variables
+    tokenizer = Tokenizer(
+        train_bpe(["ab ba abab", "ba ab", "aab bba"], tmp_path / "t.model", 10, hard_vocab_limit=False)
+    )
+    run = SimpleNamespace(
+        tokenizer=tokenizer, stats=GlobalStats(np.zeros(80, np.float32), np.ones(80, np.float32))
+    )
+    rng = np.random.default_rng(2)
+    files = []
+    for name, seconds in (("one", 0.4), ("two", 0.25), ("three", 0.3)):
+        files.append(str(tmp_path / f"{name}.wav"))
+        soundfile.write(files[-1], 0.1 * rng.standard_normal(int(16000 * seconds)), 16000)
+    export_parser = argparse.ArgumentParser()
+    add_export_arguments(export_parser)
+    export_args = export_parser.parse_args(
+        ["--out", str(tmp_path / "art"), "--batch-size", "2", "--max-frames", "48"]
+    )
+    export_checkpoint(run, model, variables, export_args)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("files", nargs="*")
+    parser.add_argument("--beam", type=int, default=0)
+    add_arguments(parser)
+    exported = parser.parse_args(
+        [*files, "--exported", str(tmp_path / "art"), "--out", str(tmp_path / "e.jsonl"), "--quiet"]
+    )
+    cmd_transcribe_exported(exported)
+    live = parser.parse_args([*files, "--out", str(tmp_path / "l.jsonl"), "--quiet", "--batch-size", "2"])
+    cmd_batch_transcribe(run, model, variables, live)
+    assert (tmp_path / "e.jsonl").read_text() == (tmp_path / "l.jsonl").read_text()
+    assert any(json.loads(line)["tokens"] for line in (tmp_path / "e.jsonl").read_text().splitlines())
+    long = parser.parse_args(
+        [files[0], "--exported", str(tmp_path / "art"), "--out", str(tmp_path / "x.jsonl")]
+    )
+    export_checkpoint(
+        run,
+        model,
+        variables,
+        export_parser.parse_args(["--out", str(tmp_path / "small"), "--max-frames", "16"]),
+    )
+    long.exported = str(tmp_path / "small")
+    with pytest.raises(ValueError, match="max_frames = 16"):
+        cmd_transcribe_exported(long)

@@ -267,6 +267,10 @@ def transcribe_file(run: Run, model, variables, path: str, beam: int = 0, out=No
 def cmd_transcribe(args) -> dict:
     if not args.files and not args.manifest:
         raise ValueError("files: expected audio files or --manifest FILE.jsonl, got neither")
+    if args.exported:  # an exported artifact: no workdir, no checkpoint (train/batch_transcribe.py)
+        from train.batch_transcribe import cmd_transcribe_exported
+
+        return cmd_transcribe_exported(args)
     run = Run(_config_for(args), Path(args.workdir))
     run.load_frontend()
     model, variables, _ = run.restore_variables(args.step)
@@ -277,6 +281,16 @@ def cmd_transcribe(args) -> dict:
     return {
         "transcripts": {path: transcribe_file(run, model, variables, path, args.beam) for path in args.files}
     }
+
+
+def cmd_export(args) -> dict:
+    """A checkpoint's decoding as a jax.export artifact (train/batch_transcribe.py)."""
+    from train.batch_transcribe import export_checkpoint
+
+    run = Run(_config_for(args), Path(args.workdir))
+    run.load_frontend()
+    model, variables, _ = run.restore_variables(args.step)
+    return export_checkpoint(run, model, variables, args)
 
 
 def cmd_stats(args) -> dict:
@@ -412,6 +426,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add_batch_arguments(transcribe)
 
+    export = commands.add_parser("export", help="export a checkpoint's decoding (jax.export artifact)")
+    common(export)
+    export.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    from train.batch_transcribe import add_export_arguments
+
+    add_export_arguments(export)
+
     stats = commands.add_parser("stats", help="global feature statistics of a dataset")
     stats.add_argument(
         "--data", default="synth", help="'synth', a LibriSpeech folder or a JSON-lines manifest"
@@ -440,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": cmd_eval,
         "transcribe": cmd_transcribe,
         "stats": cmd_stats,
+        "export": cmd_export,
         "main": cmd_main,
     }[args.command]
     try:

@@ -24,7 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Item", "add_arguments", "cmd_batch_transcribe", "read_manifest", "transcribe_features"]
+__all__ = [
+    "Item",
+    "add_arguments",
+    "add_export_arguments",
+    "cmd_batch_transcribe",
+    "cmd_transcribe_exported",
+    "export_checkpoint",
+    "read_manifest",
+    "transcribe_features",
+]
 
 SEARCHES = ("greedy", "beam", "modified_beam")
 SAMPLE_RATE = 16000
@@ -192,17 +201,10 @@ def transcribe_features(
 
 def cmd_batch_transcribe(run, model, variables, args) -> dict:
     """The transcribe command's batch mode (``--out`` or ``--manifest``)."""
-    from streamformer import _io
     from train.data import load_audio
     from train.prepare import log_mel_features, normalize
 
-    items = [Item(Path(f).stem, f) for f in args.files]
-    if args.manifest:
-        items += read_manifest(args.manifest)
-    if not items:
-        raise ValueError("files: expected audio files or --manifest, got neither")
-    if not args.out:
-        raise ValueError("out: expected --out FILE.jsonl for batch transcription, got none")
+    items = _items(args)
     search = args.search or ("greedy" if args.beam == 0 else "beam")
     _check_search(search, args.beam)
     started = time.perf_counter()
@@ -220,25 +222,128 @@ def cmd_batch_transcribe(run, model, variables, args) -> dict:
         batch_size=args.batch_size,
         on_batch=progress.advance,
     )
+    return _write(
+        args, items, audios, decoded, started, f"{'streaming' if args.streaming else 'offline'} {search}"
+    )
+
+
+def _items(args) -> list[Item]:
+    items = [Item(Path(f).stem, f) for f in args.files]
+    if args.manifest:
+        items += read_manifest(args.manifest)
+    if not items:
+        raise ValueError("files: expected audio files or --manifest, got neither")
+    if not args.out:
+        raise ValueError("out: expected --out FILE.jsonl for batch transcription, got none")
+    return items
+
+
+def _write(args, items, audios, decoded, started: float, label: str) -> dict:
+    from streamformer import _io
+
     lines = []
     for item, audio, result in zip(items, audios, decoded, strict=True):
-        del result["frames"]
-        lines.append(
-            json.dumps(
-                {"id": item.id, "audio": item.audio, "duration": round(audio.size / SAMPLE_RATE, 3), **result}
-            )
-        )
+        result = {k: v for k, v in result.items() if k != "frames"}
+        line = {"id": item.id, "audio": item.audio, "duration": round(audio.size / SAMPLE_RATE, 3), **result}
+        lines.append(json.dumps(line))
     _io.atomic_write_text(args.out, "".join(line + "\n" for line in lines))
     seconds = time.perf_counter() - started
     audio_seconds = sum(a.size for a in audios) / SAMPLE_RATE
     print(
         f"{len(items)} files, {audio_seconds:.1f} s of audio in {seconds:.1f} s "
-        f"({audio_seconds / max(seconds, 1e-9):.1f} s of audio per second, "
-        f"{'streaming' if args.streaming else 'offline'} {search}); wrote {args.out}",
+        f"({audio_seconds / max(seconds, 1e-9):.1f} s of audio per second, {label}); wrote {args.out}",
         file=sys.stderr,
         flush=True,
     )
     return {"files": len(items), "audio_seconds": audio_seconds, "seconds": seconds, "out": args.out}
+
+
+def export_checkpoint(run, model, variables, args) -> dict:
+    """``python -m train export``: the checkpoint's decoding as a jax.export artifact (greedy, or modified
+    beam search with --beam K), with its tokenizer and feature statistics."""
+    import tempfile
+
+    from streamformer.decoding import GreedySearch, ModifiedBeamSearch
+    from streamformer.decoding.export import export_transducer
+
+    if not args.out:
+        raise ValueError("out: expected --out DIRECTORY for the artifact, got none")
+    search = ModifiedBeamSearch(args.beam) if args.beam else GreedySearch()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_path = os.path.join(tmp, "global_stats.json")
+        run.stats.save(stats_path)
+        manifest = export_transducer(
+            model,
+            variables,
+            args.out,
+            search=search,
+            batch_size=args.batch_size,
+            max_frames=args.max_frames,
+            # room for every token the search can emit in max_frames: offline results never overflow
+            max_tokens=max(1, args.max_frames // model.config.time_reduction_stride)
+            * (search.max_symbols_per_step if isinstance(search, GreedySearch) else 1),
+            blank=run.tokenizer.blank_id,
+            tokenizer_path=run.tokenizer.model_path,
+            global_stats_path=stats_path,
+        )
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir())
+    print(
+        f"exported to {args.out} ({size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return manifest
+
+
+def cmd_transcribe_exported(args) -> dict:
+    """``python -m train transcribe --exported DIR --out hyp.jsonl ...``: batch transcription with an
+    exported artifact (its offline program, tokenizer and statistics; no checkpoint, no model code)."""
+    from streamformer.decoding.exported_runtime import load_exported
+    from streamformer.decoding.timestamps import word_times
+    from train.data import load_audio
+    from train.prepare import log_mel_features
+
+    items = _items(args)
+    started = time.perf_counter()
+    artifact = load_exported(args.exported)
+    m = artifact.manifest
+    B, width, R = artifact.batch_size, m["max_frames"], m["right_context_length"]
+    period = 0.01 * m["time_reduction_stride"]
+    audios = [load_audio(item.audio) for item in items]
+    features = [artifact.normalize(f) for f in log_mel_features(audios)]
+    for item, f in zip(items, features, strict=True):
+        if f.shape[0] > width:
+            raise ValueError(
+                f"{item.audio}: {f.shape[0]} frames, more than the artifact's max_frames = {width} "
+                f"(export with a larger --max-frames)"
+            )
+    progress = _Progress(len(items), enabled=not args.quiet)
+    decoded: list[dict] = []
+    for begin in range(0, len(features), B):
+        rows = features[begin : begin + B]
+        batch = np.zeros((B, width + R, m["input_dim"]), np.float32)
+        lengths = np.zeros(B, np.int32)
+        for r, f in enumerate(rows):
+            batch[r, : f.shape[0]], lengths[r] = f, f.shape[0]
+        tokens, frames, counts = artifact.transcribe(batch, lengths)
+        if np.any(counts > tokens.shape[1]):
+            raise ValueError(
+                f"max_tokens: a file emitted more than the artifact's {tokens.shape[1]} token slots"
+            )
+        for r in range(len(rows)):
+            ids, stamps = tokens[r, : counts[r]].tolist(), frames[r, : counts[r]].tolist()
+            words = word_times([artifact.piece(t) for t in ids], stamps, period)
+            decoded.append(
+                {
+                    "text": artifact.decode(ids),
+                    "tokens": ids,
+                    "words": [
+                        {"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in words
+                    ],
+                }
+            )
+        progress.advance(len(rows))
+    return _write(args, items, audios, decoded, started, f"exported {m['search']['kind']}")
 
 
 def add_arguments(parser) -> None:
@@ -251,3 +356,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--streaming", action="store_true", help="batch mode: decode as a batch of streams")
     parser.add_argument("--batch-size", type=int, default=16, help="batch mode: utterances per batch")
     parser.add_argument("--quiet", action="store_true", help="batch mode: no progress bar")
+    parser.add_argument("--exported", default=None, help="batch mode with an exported artifact directory")
+
+
+def add_export_arguments(parser) -> None:
+    """The options of ``python -m train export``."""
+    parser.add_argument("--out", required=True, help="artifact directory to write")
+    parser.add_argument("--beam", type=int, default=0, help="modified beam search width (0: greedy)")
+    parser.add_argument("--batch-size", type=int, default=1, help="streams / utterances per call")
+    parser.add_argument("--max-frames", type=int, default=1600, help="offline input frames (10 ms each)")

@@ -111,6 +111,12 @@ class ExportedTransducer:
             raise ValueError("global_stats: this artifact was exported without feature statistics")
         return ((np.asarray(features) - self._stats[0]) * self._stats[1]).astype(np.float32)
 
+    def piece(self, token: int) -> str:
+        """The tokenizer's piece of a token id (word-initial pieces start with "\u2581")."""
+        if self._sp is None:
+            raise ValueError("tokenizer: this artifact was exported without a tokenizer")
+        return self._sp.id_to_piece(int(token))
+
     def decode(self, tokens) -> str:
         if self._sp is None:
             raise ValueError("tokenizer: this artifact was exported without a tokenizer")
