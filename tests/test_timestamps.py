@@ -73,15 +73,26 @@ def test_greedy_timestamps_match_plain_loop(setup):
     assert repeated  # several tokens in one frame happen, and share its frame
 
 
-def test_beam_timestamps_prefix_property(setup):
+@pytest.fixture(scope="module")
+def offline_beam(setup):
+    """Offline beam search (K = 3) with timestamps; room enough for this model's frames from the start."""
+    model, variables, x, lengths, _, _ = setup
+    return beam_search(
+        model, variables, x, lengths, beam_width=3, expansion_capacity=32, return_timestamps=True
+    )
+
+
+def test_beam_timestamps_prefix_property(setup, offline_beam):
     """For every frame t, each final hypothesis' tokens stamped <= t form a hypothesis of the beam after t + 1
     frames (its ancestor). The T' truncated searches run as one batch of T' streams."""
     model, variables, x, lengths, encodings, encoding_lengths = setup
     K = 3
-    ours = beam_search(model, variables, x, lengths, beam_width=K, return_timestamps=True)
-    assert [[h.tokens for h in u] for u in ours] == [
-        [h.tokens for h in u] for u in beam_search(model, variables, x, lengths, beam_width=K)
+    ours = offline_beam
+    untimed = beam_search(model, variables, x, lengths, beam_width=K, expansion_capacity=32)
+    assert [[(h.tokens, h.score) for h in u] for u in ours] == [
+        [(h.tokens, h.score) for h in u] for u in untimed
     ]
+    assert all(h.timestamps is None for u in untimed for h in u)  # the default return value is unchanged
     search = BeamSearch(K, expansion_capacity=32)  # room enough (checked), as these runs cannot grow it
     # Every utterance b stopped after every frame count 1..n_b, as one batch of streams.
     rows = [(b, t) for b, n in enumerate(encoding_lengths) for t in range(n)]
@@ -106,21 +117,16 @@ def test_beam_timestamps_prefix_property(setup):
     "search",
     [GreedySearch(3, return_timestamps=True), BeamSearch(3, expansion_capacity=32, return_timestamps=True)],
 )
-def test_streaming_timestamps_equal_offline(setup, search):
-    """Slot 0 starts at step 0, slot 1 at step 2, slot 2 at step 1: frames count from each stream's start."""
+def test_streaming_timestamps_equal_offline(setup, offline_beam, search):
+    """Slot 0 starts at step 0, slot 1 at step 2, slot 2 at step 1: frames count from each stream's start.
+    Beam search starts with 16 token slots and grows them (timestamps with them)."""
     model, variables, x, lengths, _, _ = setup
     if isinstance(search, GreedySearch):
         offline = greedy_search(model, variables, x, lengths, max_symbols_per_step=3, return_timestamps=True)
     else:
-        offline = [
-            u[0]
-            for u in beam_search(
-                model, variables, x, lengths, beam_width=3, expansion_capacity=32, return_timestamps=True
-            )
-        ]
-    # Beam search grows its token buffers (timestamps with them) from 8; greedy search cannot grow.
+        offline = [u[0] for u in offline_beam]
     decoder = StreamingDecoder(
-        model, variables, search=search, max_tokens=8 if isinstance(search, BeamSearch) else 64
+        model, variables, search=search, max_tokens=16 if isinstance(search, BeamSearch) else 64
     )
     starts = [0, 2, 1]
     state = decoder.init(3)
