@@ -26,7 +26,7 @@ __all__ = ["StreamingDecoder", "StreamingDecoderState", "stream_segments"]
 @flax.struct.dataclass
 class StreamingDecoderState:
     """A batch of independent streams: ``transcriber`` the model's transcriber state (``EmformerState``),
-    ``search`` the search's state (``GreedyState`` or ``BeamState``)."""
+    ``search`` the search's state (``GreedyState``, ``BeamState`` or ``ModifiedBeamState``)."""
 
     transcriber: Any
     search: Any
@@ -60,7 +60,8 @@ class StreamingDecoder:
 
     Args:
         model, variables: an ``RNNT`` and its variables.
-        search: a ``GreedySearch`` or ``BeamSearch`` (chosen once; default BeamSearch(beam_width)).
+        search: a ``GreedySearch``, ``BeamSearch`` or ``ModifiedBeamSearch`` (chosen once; default
+            BeamSearch(beam_width)).
         blank: the blank token id (negative counts from the end).
         max_tokens: token slots per hypothesis (grown automatically when exceeded in beam search; greedy
             search stops recording past it and ``result`` raises).
