@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--endpoint", type=int, default=0, help="only: N test utterances joined by silence")
     args = parser.parse_args()
     from train.__main__ import Run, _config_for
 
@@ -56,6 +57,8 @@ def main() -> None:
     run = Run(_config_for(ns), Path(args.workdir))
     run.load_frontend()
     model, variables, step = run.restore_variables()
+    if args.endpoint:
+        return endpoint_check(run, model, variables, args.endpoint)
     examples = run.prepare("test")[: args.limit or None]
     config = synth.SynthConfig(seed=run.config.data.synth_seed)
     truth = [
@@ -102,6 +105,71 @@ def main() -> None:
                 f"{np.median(signed):+.0f} ms",
                 flush=True,
             )
+
+
+def endpoint_check(run, model, variables, count: int, silence_seconds: float = 1.5) -> None:
+    """``count`` test utterances joined by ``silence_seconds`` of silence, streamed with endpoint_step
+    (trailing silence of 0.8 s after a token ends an utterance; the encoder state carries on): the cuts and
+    each piece's text against the utterance decoded alone (offline greedy)."""
+    from streamformer.decoding import (
+        EndpointConfig,
+        EndpointRule,
+        GreedySearch,
+        StreamingDecoder,
+        endpoint_step,
+        greedy_search,
+    )
+    from train.prepare import log_mel_features, normalize
+
+    config = synth.SynthConfig(seed=run.config.data.synth_seed)
+    utterances = [synth.synthesize(config, "test", i) for i in range(count)]
+    gap = np.zeros(int(16000 * silence_seconds), np.float32)
+    audio = np.concatenate([part for u in utterances for part in (u.audio, gap)])
+    features = normalize(log_mel_features([audio])[0], run.stats)
+    alone_features = [normalize(f, run.stats) for f in log_mel_features([u.audio for u in utterances])]
+    R, S = model.right_context_length, model.segment_length
+    alone = []
+    for f in alone_features:
+        x = np.zeros((1, f.shape[0] + R, f.shape[1]), np.float32)
+        x[0, : f.shape[0]] = f
+        alone.append(
+            run.tokenizer.decode(
+                greedy_search(model, variables, x, np.array([f.shape[0]]), blank=run.tokenizer.blank_id)[0]
+            )
+        )
+    decoder = StreamingDecoder(model, variables, search=GreedySearch(), blank=run.tokenizer.blank_id)
+    endpoint = EndpointConfig((EndpointRule(True, 0.8, 0.0),))
+    state = decoder.init(1)
+    pieces, ends = [], []
+    for i, (chunk, lengths) in enumerate(decoder_chunks(features, S, R)):
+        state = decoder.step(state, chunk, lengths)
+        state, finished = endpoint_step(decoder, state, endpoint)
+        for _, tokens, _ in finished:
+            pieces.append(run.tokenizer.decode(tokens))
+            ends.append((i + 1) * S / 100)
+    boundaries = np.cumsum([(u.audio.size + gap.size) / 16000 for u in utterances])
+    print(
+        f"{count} utterances + {silence_seconds} s silences, {audio.size / 16000:.1f} s; endpoint rule: 0.8 s "
+        f"trailing silence after a token; load {os.getloadavg()[0]:.1f}"
+    )
+    for k, u in enumerate(utterances):
+        piece = pieces[k] if k < len(pieces) else None
+        cut = ends[k] if k < len(ends) else None
+        speech_end = boundaries[k] - silence_seconds
+        print(
+            f"  {k}: reference {u.text!r}; alone {alone[k]!r}; piece {piece!r}; cut at {cut} s "
+            f"(speech ends {speech_end:.2f} s, next starts {boundaries[k]:.2f} s)"
+        )
+    print(
+        f"pieces: {len(pieces)} for {count} utterances; equal to alone: "
+        f"{sum(p == a for p, a in zip(pieces, alone))}"
+    )
+
+
+def decoder_chunks(features: np.ndarray, S: int, R: int):
+    from streamformer.decoding import stream_segments
+
+    yield from stream_segments(features[None], np.array([features.shape[0]]), S, R)
 
 
 if __name__ == "__main__":
