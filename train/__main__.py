@@ -143,16 +143,36 @@ def cmd_eval(args) -> dict:
 def cmd_transcribe(args) -> dict:
     from train.transcribe import enable_compilation_cache, transcribe_files
 
+    if not args.files and not args.manifest:
+        raise ValueError("files: expected audio files or --manifest FILE.jsonl, got neither")
     _say(f"compilation cache: {enable_compilation_cache(args.compilation_cache)}")
+    if args.exported:  # an exported artifact: no workdir, no checkpoint (train/batch_transcribe.py)
+        from train.batch_transcribe import cmd_transcribe_exported
+
+        return cmd_transcribe_exported(args)
     run = Run(_config_for(args), Path(args.workdir))
     run.load_frontend()
     model, variables, _ = run.restore_variables(args.step)
+    if args.out or args.manifest:  # batch mode: train/batch_transcribe.py
+        from train.batch_transcribe import cmd_batch_transcribe
+
+        return cmd_batch_transcribe(run, model, variables, args)
     transcripts, errors = transcribe_files(run, model, variables, args.files, args.beam)
     if errors:
         raise ValueError(
             f"{len(errors)} of {len(args.files)} file(s) could not be transcribed: {sorted(errors)}"
         )
     return {"transcripts": transcripts}
+
+
+def cmd_export(args) -> dict:
+    """A checkpoint's decoding as a jax.export artifact (train/batch_transcribe.py)."""
+    from train.batch_transcribe import export_checkpoint
+
+    run = Run(_config_for(args), Path(args.workdir))
+    run.load_frontend()
+    model, variables, _ = run.restore_variables(args.step)
+    return export_checkpoint(run, model, variables, args)
 
 
 def cmd_stats(args) -> dict:
@@ -291,10 +311,20 @@ def _parser() -> argparse.ArgumentParser:
     transcribe = commands.add_parser("transcribe", help="stream audio files through a checkpoint")
     common(transcribe)
     transcribe.add_argument(
-        "files", nargs="+", help="audio files (WAV, FLAC, OGG...; any rate and channel count, any length)"
+        "files", nargs="*", help="audio files (WAV, FLAC, OGG...; any rate and channel count, any length)"
     )
     transcribe.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
     transcribe.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    from train.batch_transcribe import add_arguments as add_batch_arguments
+
+    add_batch_arguments(transcribe)
+
+    export = commands.add_parser("export", help="export a checkpoint's decoding (jax.export artifact)")
+    common(export)
+    export.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    from train.batch_transcribe import add_export_arguments
+
+    add_export_arguments(export)
 
     stats = commands.add_parser("stats", help="global feature statistics of a dataset")
     stats.add_argument(
@@ -342,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": cmd_eval,
         "transcribe": cmd_transcribe,
         "stats": cmd_stats,
+        "export": cmd_export,
         "main": cmd_main,
     }[args.command]
     try:

@@ -51,10 +51,12 @@ __all__ = ["BeamSearch", "BeamState", "Hypothesis", "beam_frames", "beam_search"
 @dataclasses.dataclass(frozen=True)
 class Hypothesis:
     """One beam search result: ``tokens`` the emitted token ids (without the initial blank), ``score`` the
-    total log-probability (torchaudio's ``hypo[3]``)."""
+    total log-probability (torchaudio's ``hypo[3]``), ``timestamps`` (when asked for) the encoder frame each
+    token was emitted at, counted from the utterance's start."""
 
     tokens: list[int]
     score: float
+    timestamps: list[int] | None = None
 
 
 @flax.struct.dataclass
@@ -71,6 +73,8 @@ class BeamState:
         holding the K beams (e.g. ``PredictorState.hidden`` (B, num_lstm_layers, K, H)).
     overflow: (B,) bool a frame needed more than ``expansion_capacity`` expansions (results inexact).
     expansion_capacity: (static) E, room for expansions per frame.
+    timestamps: (B, K, L) int32 the encoder frame (counted from the stream's start) of each token.
+    frames: (B,) int32 encoder frames decoded so far.
     """
 
     tokens: jax.Array
@@ -81,6 +85,8 @@ class BeamState:
     predictor_state: Any = batch_field(0)
     overflow: jax.Array = None
     expansion_capacity: int = flax.struct.field(pytree_node=False, default=8)
+    timestamps: jax.Array = None
+    frames: jax.Array = None
 
     @property
     def beam_width(self) -> int:
@@ -115,6 +121,8 @@ def init_beam_state(
         predictor_state=jax.tree_util.tree_map(stack, pstate),
         overflow=jnp.zeros((batch_size,), bool),
         expansion_capacity=expansion_capacity,
+        timestamps=jnp.zeros((batch_size, K, max_tokens), jnp.int32),
+        frames=jnp.zeros((batch_size,), jnp.int32),
     )
 
 
@@ -262,8 +270,13 @@ class _Frame:
             .at[jnp.arange(K)[:, None], positions]
             .set(pool.frame_tokens[chosen], mode="drop")
         )
+        stamps = (
+            beams.timestamps[origins].at[jnp.arange(K)[:, None], positions].set(beams.frames, mode="drop")
+        )
         return beams.replace(
             tokens=tokens,
+            timestamps=stamps,
+            frames=beams.frames + 1,
             lengths=pool.lengths[chosen],
             scores=jnp.where(found, pool.b_scores[chosen], -jnp.inf),
             hashes=pool.hashes[chosen],
@@ -355,6 +368,7 @@ class BeamSearch:
     temperature: float = 1.0
     step_max_tokens: int = 100
     expansion_capacity: int = 8
+    return_timestamps: bool = False
 
     def __post_init__(self):
         _checks.positive_int("beam_width", self.beam_width)
@@ -403,18 +417,24 @@ class BeamSearch:
         if longest > slots:
             wanted = 1 << (2 * longest - 1).bit_length()
             tokens = jnp.pad(tokens, ((0, 0), (0, 0), (0, wanted - slots)))
-        return old.replace(tokens=tokens, expansion_capacity=capacity)
+        stamps = jnp.pad(old.timestamps, ((0, 0), (0, 0), (0, tokens.shape[-1] - slots)))
+        return old.replace(tokens=tokens, timestamps=stamps, expansion_capacity=capacity)
 
     def result(self, state: BeamState) -> list[list[Hypothesis]]:
-        """For each stream, its hypotheses best first."""
+        """For each stream, its hypotheses best first (with ``timestamps`` when ``return_timestamps``)."""
         tokens, lengths, scores = (
             np.asarray(state.tokens),
             np.asarray(state.lengths),
             np.asarray(state.scores),
         )
+        stamps = np.asarray(state.timestamps)
         return [
             [
-                Hypothesis(tokens[b, k, : lengths[b, k]].tolist(), float(scores[b, k]))
+                Hypothesis(
+                    tokens[b, k, : lengths[b, k]].tolist(),
+                    float(scores[b, k]),
+                    stamps[b, k, : lengths[b, k]].tolist() if self.return_timestamps else None,
+                )
                 for k in range(scores.shape[1])
                 if scores[b, k] > -np.inf
             ]
@@ -450,6 +470,7 @@ def beam_search(
     step_max_tokens: int = 100,
     expansion_capacity: int = 8,
     max_tokens: int | None = None,
+    return_timestamps: bool = False,
 ) -> list[list[Hypothesis]]:
     """torchaudio's RNNTBeamSearch (``forward``), batched over utterances and compiled into one program.
 
@@ -465,6 +486,7 @@ def beam_search(
         expansion_capacity, max_tokens: initial room for expansions per frame and for tokens per hypothesis
             (default 2 T' + 16); the search runs again with more room when they overflow, so they only
             affect speed.
+        return_timestamps: fill each ``Hypothesis.timestamps`` with its tokens' encoder frames.
 
     Returns:
         For each utterance, up to K hypotheses, best first by torchaudio's key score / (len(tokens) + 1)
@@ -473,7 +495,11 @@ def beam_search(
     blank = _common.check_blank(model, blank)
     beam_width = _common.check_beam_width(model, beam_width)
     search = BeamSearch(
-        beam_width, _common.check_temperature(temperature), step_max_tokens, expansion_capacity
+        beam_width,
+        _common.check_temperature(temperature),
+        step_max_tokens,
+        expansion_capacity,
+        return_timestamps=bool(return_timestamps),
     )
     sources, source_lengths = jnp.asarray(sources), jnp.asarray(source_lengths)
     _common.check_sources(model, sources, source_lengths)
@@ -481,11 +507,12 @@ def beam_search(
     if max_tokens is None:
         max_tokens = 2 * encodings.shape[1] + 16
     _checks.positive_int("max_tokens", max_tokens)
+    compiled = dataclasses.replace(search, return_timestamps=False)  # one program with or without
     start = _search_init(
-        model, variables, search, batch_size=encodings.shape[0], blank=blank, max_tokens=max_tokens
+        model, variables, compiled, batch_size=encodings.shape[0], blank=blank, max_tokens=max_tokens
     )
     while True:
-        state = _search_frames(model, variables, search, start, encodings, encoding_lengths, blank=blank)
+        state = _search_frames(model, variables, compiled, start, encodings, encoding_lengths, blank=blank)
         if not search.needs_more_room(state):
             return search.result(state)
         start = search.grown(start, state)

@@ -29,12 +29,16 @@ class GreedyState:
     lengths: (B,) int32 tokens emitted so far (more than L means the buffer overflowed).
     predictor_out: (B, D) predictor output after the last emitted token (or the initial blank).
     predictor_state: the model's predictor state (``PredictorState``) after that token, batch of B.
+    timestamps: (B, L) int32 the encoder frame (counted from the stream's start) of each emitted token.
+    frames: (B,) int32 encoder frames decoded so far.
     """
 
     tokens: jax.Array
     lengths: jax.Array
     predictor_out: jax.Array
     predictor_state: Any
+    timestamps: jax.Array = None
+    frames: jax.Array = None
 
 
 def init_greedy_state(
@@ -50,6 +54,8 @@ def init_greedy_state(
         lengths=jnp.zeros((batch_size,), jnp.int32),
         predictor_out=out,
         predictor_state=state,
+        timestamps=jnp.zeros((batch_size, max_tokens), jnp.int32),
+        frames=jnp.zeros((batch_size,), jnp.int32),
     )
 
 
@@ -80,10 +86,12 @@ def greedy_frames(
             return jnp.any(active) & (n < max_symbols_per_step)
 
         def body(c):
-            n, active, tokens, emitted, out, pstate = c
+            n, active, tokens, stamps, emitted, out, pstate = c
             token = jnp.argmax(_common.logits(model, variables, encoding, out), axis=-1).astype(jnp.int32)
             emit = active & (token != blank)
-            tokens = tokens.at[jnp.arange(B), jnp.where(emit, emitted, L)].set(token, mode="drop")
+            position = jnp.where(emit, emitted, L)
+            tokens = tokens.at[jnp.arange(B), position].set(token, mode="drop")
+            stamps = stamps.at[jnp.arange(B), position].set(carry.frames, mode="drop")
             emitted = emitted + emit
 
             def advance(_):
@@ -91,11 +99,19 @@ def greedy_frames(
                 return jnp.where(emit[:, None], new_out, out), select_streams(emit, new_state, pstate)
 
             out, pstate = jax.lax.cond(jnp.any(emit), advance, lambda _: (out, pstate), None)
-            return n + 1, emit, tokens, emitted, out, pstate
+            return n + 1, emit, tokens, stamps, emitted, out, pstate
 
-        c = (jnp.int32(0), valid, carry.tokens, carry.lengths, carry.predictor_out, carry.predictor_state)
-        _, _, tokens, emitted, out, pstate = jax.lax.while_loop(cond, body, c)
-        return GreedyState(tokens, emitted, out, pstate), None
+        c = (
+            jnp.int32(0),
+            valid,
+            carry.tokens,
+            carry.timestamps,
+            carry.lengths,
+            carry.predictor_out,
+            carry.predictor_state,
+        )
+        _, _, tokens, stamps, emitted, out, pstate = jax.lax.while_loop(cond, body, c)
+        return GreedyState(tokens, emitted, out, pstate, stamps, carry.frames + valid), None
 
     valid = jnp.arange(encodings.shape[1])[:, None] < lengths[None, :]
     state, _ = jax.lax.scan(frame, state, (jnp.swapaxes(encodings, 0, 1), valid))
@@ -108,6 +124,7 @@ class GreedySearch:
     per encoder frame."""
 
     max_symbols_per_step: int = 10
+    return_timestamps: bool = False
 
     def __post_init__(self):
         _checks.positive_int("max_symbols_per_step", self.max_symbols_per_step)
@@ -130,15 +147,23 @@ class GreedySearch:
         """Greedy search never reruns: tokens past the buffer are dropped and ``result`` raises."""
         return False
 
-    def result(self, state: GreedyState) -> list[list[int]]:
-        """Each stream's emitted token ids."""
+    def result(self, state: GreedyState) -> list[list[int]] | list[tuple[list[int], list[int]]]:
+        """Each stream's emitted token ids; with ``return_timestamps``, (token ids, their encoder frames)."""
         tokens, lengths = np.asarray(state.tokens), np.asarray(state.lengths)
         if np.any(lengths > tokens.shape[1]):
             raise ValueError(
                 f"max_tokens: a stream emitted {int(lengths.max())} tokens, more than max_tokens = "
                 f"{tokens.shape[1]}; use a larger max_tokens"
             )
-        return [tokens[b, : lengths[b]].tolist() for b in range(len(lengths))]
+        return _results(tokens, np.asarray(state.timestamps), lengths, self.return_timestamps)
+
+
+def _results(tokens, stamps, lengths, return_timestamps: bool):
+    if return_timestamps:
+        return [
+            (tokens[b, : lengths[b]].tolist(), stamps[b, : lengths[b]].tolist()) for b in range(len(lengths))
+        ]
+    return [tokens[b, : lengths[b]].tolist() for b in range(len(lengths))]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "blank", "max_symbols_per_step", "max_tokens"))
@@ -147,7 +172,7 @@ def _greedy_encoded(model, variables, encodings, lengths, *, blank, max_symbols_
     state = greedy_frames(
         model, variables, state, encodings, lengths, blank=blank, max_symbols_per_step=max_symbols_per_step
     )
-    return state.tokens, state.lengths
+    return state.tokens, state.timestamps, state.lengths
 
 
 def greedy_search(
@@ -158,7 +183,8 @@ def greedy_search(
     *,
     blank: int = -1,
     max_symbols_per_step: int = 10,
-) -> list[list[int]]:
+    return_timestamps: bool = False,
+) -> list[list[int]] | list[tuple[list[int], list[int]]]:
     """Greedy RNN-T decoding of a batch of utterances, one compiled program.
 
     Args:
@@ -167,16 +193,19 @@ def greedy_search(
         source_lengths: (B,) valid frames per utterance, right context excluded.
         blank: the blank token id (negative counts from the end; -1 = V - 1, torchaudio's convention).
         max_symbols_per_step: the most tokens emitted per encoder frame.
+        return_timestamps: also return, per token, the encoder frame it was emitted at.
 
     Returns:
-        The emitted token ids of each utterance (the initial blank excluded).
+        The emitted token ids of each utterance (the initial blank excluded); with ``return_timestamps``,
+        (token ids, frames) per utterance (frames non-decreasing, each below the utterance's encoder length;
+        ``timestamps.frame_period`` turns them into seconds).
     """
     blank = _common.check_blank(model, blank)
     _checks.positive_int("max_symbols_per_step", max_symbols_per_step)
     sources, source_lengths = jnp.asarray(sources), jnp.asarray(source_lengths)
     _common.check_sources(model, sources, source_lengths)
     encodings, encoding_lengths = _common.transcribe(model, variables, sources, source_lengths)
-    tokens, lengths = _greedy_encoded(
+    tokens, stamps, lengths = _greedy_encoded(
         model,
         variables,
         encodings,
@@ -185,5 +214,4 @@ def greedy_search(
         max_symbols_per_step=max_symbols_per_step,
         max_tokens=max(1, encodings.shape[1] * max_symbols_per_step),
     )
-    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-    return [tokens[b, : lengths[b]].tolist() for b in range(len(lengths))]
+    return _results(np.asarray(tokens), np.asarray(stamps), np.asarray(lengths), return_timestamps)

@@ -18,6 +18,7 @@ from ..state import select_streams
 from . import _common
 from .beam import BeamSearch, BeamState
 from .greedy import GreedySearch
+from .modified_beam import ModifiedBeamSearch
 
 __all__ = ["StreamingDecoder", "StreamingDecoderState", "stream_segments"]
 
@@ -25,7 +26,7 @@ __all__ = ["StreamingDecoder", "StreamingDecoderState", "stream_segments"]
 @flax.struct.dataclass
 class StreamingDecoderState:
     """A batch of independent streams: ``transcriber`` the model's transcriber state (``EmformerState``),
-    ``search`` the search's state (``GreedyState`` or ``BeamState``)."""
+    ``search`` the search's state (``GreedyState``, ``BeamState`` or ``ModifiedBeamState``)."""
 
     transcriber: Any
     search: Any
@@ -59,7 +60,8 @@ class StreamingDecoder:
 
     Args:
         model, variables: an ``RNNT`` and its variables.
-        search: a ``GreedySearch`` or ``BeamSearch`` (chosen once; default BeamSearch(beam_width)).
+        search: a ``GreedySearch``, ``BeamSearch`` or ``ModifiedBeamSearch`` (chosen once; default
+            BeamSearch(beam_width)).
         blank: the blank token id (negative counts from the end).
         max_tokens: token slots per hypothesis (grown automatically when exceeded in beam search; greedy
             search stops recording past it and ``result`` raises).
@@ -72,7 +74,7 @@ class StreamingDecoder:
         model: RNNT,
         variables,
         *,
-        search: GreedySearch | BeamSearch | None = None,
+        search: GreedySearch | BeamSearch | ModifiedBeamSearch | None = None,
         blank: int = -1,
         max_tokens: int = 1024,
         beam_width: int = 4,
@@ -93,21 +95,21 @@ class StreamingDecoder:
                     expansion_capacity,
                 )
             )
-        if not isinstance(search, (GreedySearch, BeamSearch)):
-            raise TypeError(f"search: expected a GreedySearch or BeamSearch, got {type(search).__name__}")
-        if isinstance(search, BeamSearch):
+        if not isinstance(search, (GreedySearch, BeamSearch, ModifiedBeamSearch)):
+            raise TypeError(
+                f"search: expected a GreedySearch, BeamSearch or ModifiedBeamSearch, got {type(search).__name__}"
+            )
+        if isinstance(search, (BeamSearch, ModifiedBeamSearch)):
             _common.check_beam_width(model, search.beam_width)
         _checks.positive_int("max_tokens", max_tokens)
         self.model, self.variables, self.search = model, variables, search
         self.blank = _common.check_blank(model, blank)
         self.max_tokens = max_tokens
-        self._init = jax.jit(self._init_impl, static_argnums=(1,))
+        self._init = jax.jit(self._init_impl, static_argnums=(1, 2))
         self._step = jax.jit(self._step_impl)
 
-    def _init_impl(self, variables, batch_size: int) -> StreamingDecoderState:
-        search = self.search.init(
-            self.model, variables, batch_size, blank=self.blank, max_tokens=self.max_tokens
-        )
+    def _init_impl(self, variables, batch_size: int, max_tokens: int) -> StreamingDecoderState:
+        search = self.search.init(self.model, variables, batch_size, blank=self.blank, max_tokens=max_tokens)
         return StreamingDecoderState(self.model.init_transcriber_state(batch_size), search)
 
     def _step_impl(self, variables, state: StreamingDecoderState, features, lengths) -> StreamingDecoderState:
@@ -123,19 +125,24 @@ class StreamingDecoder:
     def init(self, batch_size: int) -> StreamingDecoderState:
         """Fresh state for ``batch_size`` streams."""
         _checks.positive_int("batch_size", batch_size)
-        return self._init(self.variables, batch_size)
+        return self._init(self.variables, batch_size, self.max_tokens)
 
-    def reset(self, state: StreamingDecoderState, mask: jax.Array) -> StreamingDecoderState:
-        """``state`` with the streams where ``mask`` (B,) is True started afresh (new utterances)."""
+    def reset(
+        self, state: StreamingDecoderState, mask: jax.Array, *, reset_transcriber: bool = True
+    ) -> StreamingDecoderState:
+        """``state`` with the streams where ``mask`` (B,) is True started afresh (new utterances); with
+        ``reset_transcriber=False`` only their search state (an endpoint inside a continuing stream)."""
         B = state.transcriber.batch_size
         mask = jnp.asarray(mask)
         _checks.array_shape("mask", mask, (B,), "(B,) one flag per stream")
-        fresh = self.init(B)
         # Only the contents start afresh; the running state's room (token slots, expansion capacity) stays.
-        search = fresh.search.replace(tokens=jnp.zeros_like(state.search.tokens))
+        fresh = self._init(self.variables, B, state.search.tokens.shape[-1])
+        search = fresh.search
         if isinstance(search, BeamState):
             search = search.replace(expansion_capacity=state.search.expansion_capacity)
         fresh = fresh.replace(search=search)
+        if not reset_transcriber:
+            fresh = fresh.replace(transcriber=state.transcriber)
         return select_streams(mask, fresh, state)
 
     def step(

@@ -1,0 +1,367 @@
+"""Batch transcription: many audio files (or a JSON-lines manifest) through a checkpoint, offline in batches
+of similar length or as a batch of streams, written as JSON lines with text, token ids and word times.
+
+``python -m train transcribe --workdir W --out hyp.jsonl [--manifest m.jsonl] [FILES...]
+[--search greedy|beam|modified_beam] [--beam K] [--streaming] [--batch-size N]``
+
+A manifest line is a JSON object with "audio" (a path; relative paths are relative to the manifest's folder)
+and optionally "id" (default: the file name without extension). Each output line: {"id", "audio",
+"duration" (s), "text", "tokens", "words": [{"word", "start", "end"}] (seconds)}. The output file is written
+once, atomically, at the end; a progress bar and the throughput go to stderr.
+
+The parser part (``add_arguments``) imports nothing heavy: the CLI sets JAX up after parsing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "Item",
+    "add_arguments",
+    "add_export_arguments",
+    "cmd_batch_transcribe",
+    "cmd_transcribe_exported",
+    "export_checkpoint",
+    "read_manifest",
+    "transcribe_features",
+]
+
+SEARCHES = ("greedy", "beam", "modified_beam")
+SAMPLE_RATE = 16000
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    id: str
+    audio: str
+
+
+def read_manifest(path: str | os.PathLike) -> list[Item]:
+    """The items of a JSON-lines manifest (blank lines skipped). Raises ValueError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest: no file at {str(path)!r}")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"manifest {path}: line {number} is not JSON ({error.msg})") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("audio"), str) or not entry["audio"]:
+            raise ValueError(
+                f'manifest {path}: line {number}: expected an object with an "audio" path, got {line[:120]!r}'
+            )
+        audio = entry["audio"] if os.path.isabs(entry["audio"]) else str(path.parent / entry["audio"])
+        items.append(Item(str(entry.get("id", Path(audio).stem)), audio))
+    if not items:
+        raise ValueError(f'manifest {path}: expected at least one line with an "audio" path, got none')
+    return items
+
+
+class _Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, enabled: bool, out=None):
+        self.total, self.done, self.enabled, self.out = total, 0, enabled, out or sys.stderr
+        self.started = time.perf_counter()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.enabled:
+            filled = int(30 * self.done / max(self.total, 1))
+            elapsed = time.perf_counter() - self.started
+            print(
+                f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} ({elapsed:.1f} s)",
+                end="" if self.done < self.total else "\n",
+                file=self.out,
+                flush=True,
+            )
+
+
+def _check_search(search: str, beam: int) -> None:
+    if search not in SEARCHES:
+        raise ValueError(f"search: expected one of {', '.join(SEARCHES)}, got {search!r}")
+    if search != "greedy" and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
+        raise ValueError(f"beam: expected a beam width >= 1 for {search} search, got {beam!r}")
+
+
+def _streaming_decoder(model, variables, *, search, beam, blank):
+    from streamformer.decoding import BeamSearch, GreedySearch, ModifiedBeamSearch, StreamingDecoder
+
+    chosen = {
+        "greedy": GreedySearch(return_timestamps=True),
+        "beam": BeamSearch(beam, return_timestamps=True),
+        "modified_beam": ModifiedBeamSearch(beam),
+    }[search]
+    return StreamingDecoder(model, variables, search=chosen, blank=blank)
+
+
+def _decode_batch(model, variables, features, lengths, *, search, beam, blank, decoder=None):
+    """[(tokens, frames)] per row of a padded batch (B, T + R, F); streaming when a decoder is given."""
+    from streamformer.decoding import beam_search, greedy_search, modified_beam_search, stream_segments
+
+    if decoder is not None:
+        state = decoder.init(features.shape[0])
+        S, R = model.segment_length, model.right_context_length
+        for chunk, chunk_lengths in stream_segments(features[:, : features.shape[1] - R], lengths, S, R):
+            state = decoder.step(state, chunk, chunk_lengths)
+        results = decoder.result(state)
+    elif search == "greedy":
+        results = greedy_search(model, variables, features, lengths, blank=blank, return_timestamps=True)
+    elif search == "beam":
+        results = beam_search(
+            model, variables, features, lengths, beam_width=beam, blank=blank, return_timestamps=True
+        )
+    else:
+        results = modified_beam_search(model, variables, features, lengths, beam_width=beam, blank=blank)
+    if search == "greedy":
+        return [(list(tokens), list(frames)) for tokens, frames in results]
+    return [(h[0].tokens, h[0].timestamps) if h else ([], []) for h in results]
+
+
+def transcribe_features(
+    model,
+    variables,
+    tokenizer,
+    features: Sequence[np.ndarray],
+    *,
+    search: str = "greedy",
+    beam: int = 4,
+    streaming: bool = False,
+    batch_size: int = 16,
+    hop_seconds: float = 0.01,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Decodes normalized feature sequences (each (T, F)) in batches of similar length.
+
+    Batches are padded to a whole number of segments plus R frames (few compiled shapes). ``tokenizer`` needs
+    ``blank_id``, ``decode(ids)`` and ``sp_model.id_to_piece(id)`` (a ``streamformer.text.Tokenizer``).
+
+    Returns:
+        Per sequence, in the input order: {"text", "tokens", "frames", "words": [{"word", "start", "end"}]}.
+    """
+    from streamformer.decoding import frame_period, word_times
+
+    _check_search(search, beam)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    S, R = model.segment_length, model.right_context_length
+    period = frame_period(model.config, hop_seconds)
+    decoder = None  # one streaming decoder (one compiled step) for every batch
+    if streaming:
+        decoder = _streaming_decoder(model, variables, search=search, beam=beam, blank=tokenizer.blank_id)
+    order = np.argsort([f.shape[0] for f in features], kind="stable")
+    out: list[dict | None] = [None] * len(features)
+    for begin in range(0, len(order), batch_size):
+        rows = order[begin : begin + batch_size]
+        longest = max(1, max(features[i].shape[0] for i in rows))
+        width = -(-longest // S) * S
+        batch = np.zeros((batch_size, width + R, features[rows[0]].shape[1]), np.float32)
+        lengths = np.zeros(batch_size, np.int32)  # the unused rows of a last batch decode nothing
+        for r, i in enumerate(rows):
+            batch[r, : features[i].shape[0]] = features[i]
+            lengths[r] = features[i].shape[0]
+        decoded = _decode_batch(
+            model,
+            variables,
+            batch,
+            lengths,
+            search=search,
+            beam=beam,
+            blank=tokenizer.blank_id,
+            decoder=decoder,
+        )
+        for r, i in enumerate(rows):
+            tokens, frames = decoded[r]
+            pieces = [tokenizer.sp_model.id_to_piece(int(t)) for t in tokens]
+            words = word_times(pieces, frames, period)
+            out[i] = {
+                "text": tokenizer.decode(tokens),
+                "tokens": [int(t) for t in tokens],
+                "frames": [int(f) for f in frames],
+                "words": [
+                    {"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in words
+                ],
+            }
+        if on_batch:
+            on_batch(len(rows))
+    return out
+
+
+def cmd_batch_transcribe(run, model, variables, args) -> dict:
+    """The transcribe command's batch mode (``--out`` or ``--manifest``)."""
+    from train.data import load_audio
+    from train.prepare import log_mel_features, normalize
+
+    items = _items(args)
+    search = args.search or ("greedy" if args.beam == 0 else "beam")
+    _check_search(search, args.beam)
+    started = time.perf_counter()
+    audios = [load_audio(item.audio) for item in items]
+    features = [normalize(f, run.stats) for f in log_mel_features(audios)]
+    progress = _Progress(len(items), enabled=not getattr(args, "quiet", False))
+    decoded = transcribe_features(
+        model,
+        variables,
+        run.tokenizer,
+        features,
+        search=search,
+        beam=max(args.beam, 1),
+        streaming=args.streaming,
+        batch_size=args.batch_size,
+        on_batch=progress.advance,
+    )
+    return _write(
+        args, items, audios, decoded, started, f"{'streaming' if args.streaming else 'offline'} {search}"
+    )
+
+
+def _items(args) -> list[Item]:
+    items = [Item(Path(f).stem, f) for f in args.files]
+    if args.manifest:
+        items += read_manifest(args.manifest)
+    if not items:
+        raise ValueError("files: expected audio files or --manifest, got neither")
+    if not args.out:
+        raise ValueError("out: expected --out FILE.jsonl for batch transcription, got none")
+    return items
+
+
+def _write(args, items, audios, decoded, started: float, label: str) -> dict:
+    from streamformer import _io
+
+    lines = []
+    for item, audio, result in zip(items, audios, decoded, strict=True):
+        result = {k: v for k, v in result.items() if k != "frames"}
+        line = {"id": item.id, "audio": item.audio, "duration": round(audio.size / SAMPLE_RATE, 3), **result}
+        lines.append(json.dumps(line))
+    _io.atomic_write_text(args.out, "".join(line + "\n" for line in lines))
+    seconds = time.perf_counter() - started
+    audio_seconds = sum(a.size for a in audios) / SAMPLE_RATE
+    print(
+        f"{len(items)} files, {audio_seconds:.1f} s of audio in {seconds:.1f} s "
+        f"({audio_seconds / max(seconds, 1e-9):.1f} s of audio per second, {label}); wrote {args.out}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {"files": len(items), "audio_seconds": audio_seconds, "seconds": seconds, "out": args.out}
+
+
+def export_checkpoint(run, model, variables, args) -> dict:
+    """``python -m train export``: the checkpoint's decoding as a jax.export artifact (greedy, or modified
+    beam search with --beam K), with its tokenizer and feature statistics."""
+    import tempfile
+
+    from streamformer.decoding import GreedySearch, ModifiedBeamSearch
+    from streamformer.decoding.export import export_transducer
+
+    if not args.out:
+        raise ValueError("out: expected --out DIRECTORY for the artifact, got none")
+    search = ModifiedBeamSearch(args.beam) if args.beam else GreedySearch()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_path = os.path.join(tmp, "global_stats.json")
+        run.stats.save(stats_path)
+        manifest = export_transducer(
+            model,
+            variables,
+            args.out,
+            search=search,
+            batch_size=args.batch_size,
+            max_frames=args.max_frames,
+            # room for every token the search can emit in max_frames: offline results never overflow
+            max_tokens=max(1, args.max_frames // model.config.time_reduction_stride)
+            * (search.max_symbols_per_step if isinstance(search, GreedySearch) else 1),
+            blank=run.tokenizer.blank_id,
+            tokenizer_path=run.tokenizer.model_path,
+            global_stats_path=stats_path,
+        )
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir())
+    print(
+        f"exported to {args.out} ({size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return manifest
+
+
+def cmd_transcribe_exported(args) -> dict:
+    """``python -m train transcribe --exported DIR --out hyp.jsonl ...``: batch transcription with an
+    exported artifact (its offline program, tokenizer and statistics; no checkpoint, no model code)."""
+    from streamformer.decoding.exported_runtime import load_exported
+    from streamformer.decoding.timestamps import word_times
+    from train.data import load_audio
+    from train.prepare import log_mel_features
+
+    items = _items(args)
+    started = time.perf_counter()
+    artifact = load_exported(args.exported)
+    m = artifact.manifest
+    B, width, R = artifact.batch_size, m["max_frames"], m["right_context_length"]
+    period = 0.01 * m["time_reduction_stride"]
+    audios = [load_audio(item.audio) for item in items]
+    features = [artifact.normalize(f) for f in log_mel_features(audios)]
+    for item, f in zip(items, features, strict=True):
+        if f.shape[0] > width:
+            raise ValueError(
+                f"{item.audio}: {f.shape[0]} frames, more than the artifact's max_frames = {width} "
+                f"(export with a larger --max-frames)"
+            )
+    progress = _Progress(len(items), enabled=not args.quiet)
+    decoded: list[dict] = []
+    for begin in range(0, len(features), B):
+        rows = features[begin : begin + B]
+        batch = np.zeros((B, width + R, m["input_dim"]), np.float32)
+        lengths = np.zeros(B, np.int32)
+        for r, f in enumerate(rows):
+            batch[r, : f.shape[0]], lengths[r] = f, f.shape[0]
+        tokens, frames, counts = artifact.transcribe(batch, lengths)
+        if np.any(counts > tokens.shape[1]):
+            raise ValueError(
+                f"max_tokens: a file emitted more than the artifact's {tokens.shape[1]} token slots"
+            )
+        for r in range(len(rows)):
+            ids, stamps = tokens[r, : counts[r]].tolist(), frames[r, : counts[r]].tolist()
+            words = word_times([artifact.piece(t) for t in ids], stamps, period)
+            decoded.append(
+                {
+                    "text": artifact.decode(ids),
+                    "tokens": ids,
+                    "words": [
+                        {"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in words
+                    ],
+                }
+            )
+        progress.advance(len(rows))
+    return _write(args, items, audios, decoded, started, f"exported {m['search']['kind']}")
+
+
+def add_arguments(parser) -> None:
+    """The batch-mode options of ``python -m train transcribe``."""
+    parser.add_argument("--manifest", default=None, help='JSON-lines manifest ({"audio": path, "id": ...})')
+    parser.add_argument("--out", default=None, help="write JSON lines here (batch mode)")
+    parser.add_argument(
+        "--search", default=None, choices=SEARCHES, help="batch mode search (default: by --beam)"
+    )
+    parser.add_argument("--streaming", action="store_true", help="batch mode: decode as a batch of streams")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch mode: utterances per batch")
+    parser.add_argument("--quiet", action="store_true", help="batch mode: no progress bar")
+    parser.add_argument("--exported", default=None, help="batch mode with an exported artifact directory")
+
+
+def add_export_arguments(parser) -> None:
+    """The options of ``python -m train export``."""
+    parser.add_argument("--out", required=True, help="artifact directory to write")
+    parser.add_argument("--beam", type=int, default=0, help="modified beam search width (0: greedy)")
+    parser.add_argument("--batch-size", type=int, default=1, help="streams / utterances per call")
+    parser.add_argument("--max-frames", type=int, default=1600, help="offline input frames (10 ms each)")
