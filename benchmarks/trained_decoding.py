@@ -2,8 +2,7 @@
 beam search and modified beam search at the same width, offline and streaming; and the error of word start
 times derived from the searches' timestamps against the synthesiser's true word starts.
 
-The synthesiser (train/synth.py) does not return its timeline; ``true_word_starts`` replays its random
-draws for the timeline (the first draws of ``synthesize``, in the same order) to recover each word's start.
+The synthesiser (train/synth.py) gives each word's true start and end (``Utterance.word_spans``).
 
 Run: ``python benchmarks/trained_decoding.py --workdir runs/main [--beam 4] [--limit N]``.
 """
@@ -26,22 +25,9 @@ from train.evaluate import error_rates  # noqa: E402
 
 
 def true_word_starts(config: synth.SynthConfig, split: str, index: int) -> tuple[list[str], list[float]]:
-    """(words, start seconds) of ``synth.synthesize(config, split, index)``, replaying its timeline draws."""
-    rng = np.random.default_rng([config.seed, synth.SPLITS.index(split), index])
-    sr = config.sample_rate
-    num_words = int(rng.integers(config.words_per_utterance[0], config.words_per_utterance[1] + 1))
-    words = [config.vocabulary[i] for i in rng.integers(0, len(config.vocabulary), num_words)]
-    rate = synth._uniform(rng, config.speaking_rate)
-    time_ = synth._uniform(rng, config.edge_ms) * sr / 1000
-    starts = []
-    for w, word in enumerate(words):
-        if w > 0:
-            time_ += synth._uniform(rng, config.pause_ms) * sr / 1000
-        starts.append(time_ / sr)
-        durations = synth._uniform(rng, config.letter_ms, len(word)) * sr / 1000 / rate
-        synth._uniform(rng, config.coarticulation_ms, len(word) - 1)
-        time_ += float(np.sum(durations))
-    return words, starts
+    """(words, start seconds) of ``synth.synthesize(config, split, index)``, from its true word spans."""
+    utterance = synth.synthesize(config, split, index)
+    return utterance.text.split(), [start for start, _ in utterance.word_spans]
 
 
 def main() -> None:
@@ -51,10 +37,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--endpoint", type=int, default=0, help="only: N test utterances joined by silence")
     args = parser.parse_args()
-    from train.__main__ import Run, _config_for
+    from train.run import Run, config_for
 
-    ns = argparse.Namespace(workdir=args.workdir, preset=None, set=None)
-    run = Run(_config_for(ns), Path(args.workdir))
+    run = Run(config_for(args.workdir), Path(args.workdir))
     run.load_frontend()
     model, variables, step = run.restore_variables()
     if args.endpoint:

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from train.run import Run, eval_split, must_match, print_rates
+from train.run import Run, config_for, eval_split, must_match, print_rates
 from train.run import say as _say
 
 __all__ = ["main"]
@@ -47,15 +47,7 @@ def _setup_jax(args) -> None:
 
 
 def _config_for(args):
-    """The run's config: the workdir's config.json when resuming, else the preset; then --set overrides."""
-    from train.config import apply_overrides, from_dict, preset
-
-    stored = Path(args.workdir) / "config.json"
-    if args.preset is None and stored.exists():
-        config = from_dict(json.loads(stored.read_text()))
-    else:
-        config = preset(args.preset or "tiny")
-    return apply_overrides(config, args.set or [])
+    return config_for(args.workdir, args.preset, args.set)
 
 
 # ----------------------------------------------------------------------------------------------------------

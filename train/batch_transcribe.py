@@ -239,14 +239,14 @@ def _items(args) -> list[Item]:
 
 
 def _write(args, items, audios, decoded, started: float, label: str) -> dict:
-    from streamformer import _io
+    from streamformer import io as sf_io
 
     lines = []
     for item, audio, result in zip(items, audios, decoded, strict=True):
         result = {k: v for k, v in result.items() if k != "frames"}
         line = {"id": item.id, "audio": item.audio, "duration": round(audio.size / SAMPLE_RATE, 3), **result}
         lines.append(json.dumps(line))
-    _io.atomic_write_text(args.out, "".join(line + "\n" for line in lines))
+    sf_io.atomic_write_text(args.out, "".join(line + "\n" for line in lines))
     seconds = time.perf_counter() - started
     audio_seconds = sum(a.size for a in audios) / SAMPLE_RATE
     print(

@@ -4,16 +4,30 @@ checkpoints (``Run``)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["Run", "eval_split", "must_match", "print_rates", "say"]
+__all__ = ["Run", "config_for", "eval_split", "must_match", "print_rates", "say"]
 
 
 def say(message: str) -> None:
     """A line for the person running the command (stderr)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def config_for(workdir, preset_name: str | None = None, overrides: list[str] | None = None):
+    """A run's config: the workdir's config.json when resuming (no preset named), else the preset (default
+    tiny); then ``--set`` overrides."""
+    from train.config import apply_overrides, from_dict, preset
+
+    stored = Path(workdir) / "config.json"
+    if preset_name is None and stored.exists():
+        config = from_dict(json.loads(stored.read_text()))
+    else:
+        config = preset(preset_name or "tiny")
+    return apply_overrides(config, overrides or [])
 
 
 def must_match(config, num_symbols: int) -> dict:

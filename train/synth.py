@@ -153,12 +153,14 @@ class SynthConfig:
 class Utterance:
     """One utterance: audio (N,) float32 in [-1, 1] at the config's sample rate, its transcript and its id.
 
-    The id has LibriSpeech's form "<speaker>-<chapter>-<utterance>" (all digits).
+    The id has LibriSpeech's form "<speaker>-<chapter>-<utterance>" (all digits). ``word_spans`` holds each
+    word's true (start, end) in seconds when the synthesiser knows them (empty otherwise).
     """
 
     audio: np.ndarray
     text: str
     id: str
+    word_spans: tuple[tuple[float, float], ...] = ()
 
 
 def _utterance_id(split: str, index: int) -> str:
@@ -219,9 +221,11 @@ def synthesize(config: SynthConfig, split: str, index: int) -> Utterance:
     fade_out: list[float] = []
     time = _uniform(rng, config.edge_ms) * sr / 1000
     onset = 0.008 * sr  # fade at a word's edges, where the neighbour is silence
+    word_spans = []
     for w, word in enumerate(words):
         if w > 0:
             time += _uniform(rng, config.pause_ms) * sr / 1000
+        word_start = time
         durations = _uniform(rng, config.letter_ms, len(word)) * sr / 1000 / rate
         fades = _uniform(rng, config.coarticulation_ms, len(word) - 1) * sr / 1000
         for j, letter in enumerate(word):
@@ -234,6 +238,7 @@ def synthesize(config: SynthConfig, split: str, index: int) -> Utterance:
             fade_out.append(
                 onset if j == len(word) - 1 else min(fades[j], durations[j] / 2, durations[j + 1] / 2)
             )
+        word_spans.append((float(word_start / sr), float(time / sr)))
     length = int(time + _uniform(rng, config.edge_ms) * sr / 1000)
 
     # Speaker.
@@ -300,7 +305,9 @@ def synthesize(config: SynthConfig, split: str, index: int) -> Utterance:
     level = _uniform(rng, config.level_dbfs)
     audio *= 10 ** (level / 20) / np.sqrt(np.mean(audio**2) + 1e-20)
     audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
-    return Utterance(audio=audio, text=" ".join(words), id=_utterance_id(split, index))
+    return Utterance(
+        audio=audio, text=" ".join(words), id=_utterance_id(split, index), word_spans=tuple(word_spans)
+    )
 
 
 class SynthDataset(Sequence):
