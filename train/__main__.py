@@ -137,7 +137,7 @@ def cmd_transcribe(args) -> dict:
 
     if not args.files and not args.manifest:
         raise ValueError("files: expected audio files or --manifest FILE.jsonl, got neither")
-    _say(f"compilation cache: {enable_compilation_cache(args.compilation_cache)}")
+    cache = enable_compilation_cache(args.compilation_cache)
     if args.exported:  # an exported artifact: no workdir, no checkpoint (train/batch_transcribe.py)
         from train.batch_transcribe import cmd_transcribe_exported
 
@@ -145,6 +145,7 @@ def cmd_transcribe(args) -> dict:
     run = Run(_config_for(args), Path(args.workdir))
     run.load_frontend()
     model, variables, _ = run.restore_variables(args.step)
+    _say(f"compilation cache: {cache}")
     if args.out or args.manifest:  # batch mode: train/batch_transcribe.py
         from train.batch_transcribe import cmd_batch_transcribe
 

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from .. import _checks, _io
+from .. import _checks
+from .. import io as sf_io
 from ..rnnt import RNNT
 from ..state import batch_axes
 from . import _common
@@ -132,8 +133,8 @@ def export_transducer(
     )
     os.makedirs(directory, exist_ok=True)
     join = lambda name: os.path.join(os.fspath(directory), name)  # noqa: E731
-    _io.atomic_write_bytes(join("step.bin"), bytes(step_exported.serialize()))
-    _io.atomic_write_bytes(join("offline.bin"), bytes(offline_exported.serialize()))
+    sf_io.atomic_write_bytes(join("step.bin"), bytes(step_exported.serialize()))
+    sf_io.atomic_write_bytes(join("offline.bin"), bytes(offline_exported.serialize()))
     _save_npz(join("params.npz"), {f"p{i}": np.asarray(x) for i, x in enumerate(params)})
     _save_npz(join("state.npz"), {f"s{i}": np.asarray(x) for i, x in enumerate(leaves)})
     files = {}
@@ -167,7 +168,7 @@ def export_transducer(
         **files,
     }
     # The manifest last: a directory with a manifest is a complete artifact.
-    _io.atomic_write_text(join("manifest.json"), json.dumps(manifest, indent=1))
+    sf_io.atomic_write_text(join("manifest.json"), json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -176,4 +177,4 @@ def _save_npz(path: str, arrays: dict) -> None:
 
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    _io.atomic_write_bytes(path, buffer.getvalue())
+    sf_io.atomic_write_bytes(path, buffer.getvalue())
