@@ -85,6 +85,30 @@ def primed(model: RNNT, variables, blank: int, count: int):
     return predict(model, variables, jnp.full((count,), blank, jnp.int32), None)
 
 
+def fresh_hypotheses(
+    model: RNNT, variables, batch_size: int, beam_width: int, blank: int, max_tokens: int
+) -> dict:
+    """The fields every beam-style search state starts with, for ``batch_size`` streams of K = ``beam_width``
+    slots: one hypothesis (the blank-primed predictor, score 0), the other K - 1 slots empty (score -inf),
+    token and timestamp buffers of ``max_tokens`` slots, no frames decoded yet."""
+    _checks.positive_int("batch_size", batch_size)
+    _checks.positive_int("max_tokens", max_tokens)
+    blank = check_blank(model, blank)
+    K = check_beam_width(model, beam_width)
+    out, pstate = primed(model, variables, blank, K)
+    stack = lambda x: jnp.broadcast_to(x, (batch_size, *x.shape))  # noqa: E731
+    return dict(
+        tokens=jnp.zeros((batch_size, K, max_tokens), jnp.int32),
+        timestamps=jnp.zeros((batch_size, K, max_tokens), jnp.int32),
+        lengths=jnp.zeros((batch_size, K), jnp.int32),
+        scores=stack(jnp.full((K,), -jnp.inf, jnp.float32).at[0].set(0.0)),
+        hashes=jnp.zeros((batch_size, K, 2), jnp.uint32),
+        predictor_out=stack(out),
+        predictor_state=jax.tree_util.tree_map(stack, pstate),
+        frames=jnp.zeros((batch_size,), jnp.int32),
+    )
+
+
 def extend_hashes(hashes: jax.Array, tokens: jax.Array) -> jax.Array:
     """hashes (..., 2) uint32 of token sequences, extended by ``tokens`` (...)."""
     return hashes * jnp.asarray(_HASH_MULTIPLIERS) + (tokens.astype(jnp.uint32) + 1)[..., None]

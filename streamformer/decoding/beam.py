@@ -105,25 +105,9 @@ def init_beam_state(
 ) -> BeamState:
     """A fresh beam state for ``batch_size`` streams: one beam (the blank-primed predictor, score 0), the
     other K - 1 slots empty."""
-    _checks.positive_int("batch_size", batch_size)
-    _checks.positive_int("max_tokens", max_tokens)
     _checks.positive_int("expansion_capacity", expansion_capacity, minimum=0)
-    blank = _common.check_blank(model, blank)
-    K = _common.check_beam_width(model, beam_width)
-    out, pstate = _common.primed(model, variables, blank, K)
-    stack = lambda x: jnp.broadcast_to(x, (batch_size, *x.shape))  # noqa: E731
-    return BeamState(
-        tokens=jnp.zeros((batch_size, K, max_tokens), jnp.int32),
-        lengths=jnp.zeros((batch_size, K), jnp.int32),
-        scores=stack(jnp.full((K,), -jnp.inf, jnp.float32).at[0].set(0.0)),
-        hashes=jnp.zeros((batch_size, K, 2), jnp.uint32),
-        predictor_out=stack(out),
-        predictor_state=jax.tree_util.tree_map(stack, pstate),
-        overflow=jnp.zeros((batch_size,), bool),
-        expansion_capacity=expansion_capacity,
-        timestamps=jnp.zeros((batch_size, K, max_tokens), jnp.int32),
-        frames=jnp.zeros((batch_size,), jnp.int32),
-    )
+    fields = _common.fresh_hypotheses(model, variables, batch_size, beam_width, blank, max_tokens)
+    return BeamState(**fields, overflow=jnp.zeros((batch_size,), bool), expansion_capacity=expansion_capacity)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -84,21 +84,8 @@ def init_modified_beam_state(
 ) -> ModifiedBeamState:
     """A fresh state for ``batch_size`` streams: one hypothesis (the blank-primed predictor, score 0), the
     other K - 1 slots empty."""
-    _checks.positive_int("batch_size", batch_size)
-    _checks.positive_int("max_tokens", max_tokens)
-    blank = _common.check_blank(model, blank)
-    K = _common.check_beam_width(model, beam_width)
-    out, pstate = _common.primed(model, variables, blank, K)
-    stack = lambda x: jnp.broadcast_to(x, (batch_size, *x.shape))  # noqa: E731
     return ModifiedBeamState(
-        tokens=jnp.zeros((batch_size, K, max_tokens), jnp.int32),
-        timestamps=jnp.zeros((batch_size, K, max_tokens), jnp.int32),
-        lengths=jnp.zeros((batch_size, K), jnp.int32),
-        scores=stack(jnp.full((K,), -jnp.inf, jnp.float32).at[0].set(0.0)),
-        hashes=jnp.zeros((batch_size, K, 2), jnp.uint32),
-        predictor_out=stack(out),
-        predictor_state=jax.tree_util.tree_map(stack, pstate),
-        frames=jnp.zeros((batch_size,), jnp.int32),
+        **_common.fresh_hypotheses(model, variables, batch_size, beam_width, blank, max_tokens)
     )
 
 
