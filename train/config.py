@@ -255,9 +255,9 @@ def _speech() -> Config:
             num_lstm_layers=1,
             lstm_dropout=0.1,
         ),
-        optim=OptimConfig(lr=3e-3, warmup_steps=100, decay="cosine", loss_reduction="mean"),
-        data=DataConfig(vocab_size=64, batch_size=8, num_buckets=4, spec_augment=False),
-        loop=LoopConfig(steps=1200, log_every=10, checkpoint_every=500, eval_every=200),
+        optim=OptimConfig(lr=2e-3, warmup_steps=300, decay="cosine", loss_reduction="mean"),
+        data=DataConfig(vocab_size=64, batch_size=32, num_buckets=4, spec_augment=False),
+        loop=LoopConfig(steps=4000, log_every=10, checkpoint_every=500, eval_every=500),
     )
 
 
