@@ -433,19 +433,44 @@ def rnnt_loss(
 # --------------------------------------------------------------------------------------------------
 
 
-def _make_encodings_costs(
+def _joiner_vocab(
+    joiner: Callable[..., Array], inputs: tuple, expected: tuple, shape: str, takes: str = ""
+) -> int:
+    """V of the logits ``joiner(*inputs)`` (traced, not run); a clear error unless they are floating and of shape
+    ``expected + (V,)`` (``shape`` names it, ``takes`` what the joiner was given)."""
+    out = jax.eval_shape(joiner, *inputs)
+    if len(out.shape) != 4 or tuple(out.shape[:3]) != expected or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(
+            f"joiner: expected floating logits of shape {shape} = {expected + ('V',)}{takes}, "
+            f"got {tuple(out.shape)} {out.dtype}"
+        )
+    return out.shape[-1]
+
+
+def _chunked_joiner_costs(
     joiner: Callable[..., Array],
     num_chunks: int,
     chunk_size: int,
     frames: int,
-    blank: int,
-    clamp: float,
-    fastemit: float,
+    log_probs: Callable[..., tuple[Array, Array, Array]],
+    lattice: Callable[..., tuple[Array, Any]],
+    logits_gradient: Callable[..., Array],
 ) -> Callable[..., Array]:
-    """Custom-VJP (source (B, Tp, D), target (B, U1, D), consts, targets, lengths...) -> costs (B,).
+    """Custom-VJP ``costs_fn(chunked, whole, chunk_data, shared) -> costs (B,)`` of an RNN-T loss whose logits
+    ``joiner(*chunked_chunk, *whole)`` are formed ``chunk_size`` frames at a time, never all at once. Used by
+    :func:`rnnt_loss_from_encodings` (the full lattice) and ``rnnt_loss_pruned`` (windows of it).
 
-    ``joiner`` is closure-converted: (source_chunk, target_encodings, *consts) -> logits, with every value it
-    closes over that may carry a gradient passed explicitly in ``consts``.
+    chunked: tuple of (B, Tp, ...) joiner inputs taken chunk by chunk (Tp = num_chunks * chunk_size), with
+        gradients. whole: tuple of joiner inputs every chunk sees (the closure-converted joiner's constants,
+        perhaps an encoding), with gradients summed over chunks in at least float32. chunk_data: tuple of
+        (B, Tp, ...) arrays without gradients, split like ``chunked``. shared: a pytree without gradients.
+
+    The forward pass keeps each chunk's ``log_probs(logits, chunk_data_chunk, shared) -> (blank, label,
+    denominator)`` and the lattice's ``lattice(blank, label, shared) -> (costs, occupancies)`` (over the first
+    ``frames`` frames; occupancies a tuple of (B, Tp, ...) arrays, 0 on padded frames). The backward pass
+    recomputes each chunk's logits, forms ``logits_gradient(logits, denominator_chunk, occupancies_chunk,
+    chunk_data_chunk, shared, cost_cotangent)`` and pulls it back through ``joiner``: no more than one chunk of
+    logits lives at once, for one extra joiner forward.
     """
 
     def split_chunks(x):  # (B, Tp, ...) -> (num_chunks, B, chunk_size, ...)
@@ -456,61 +481,70 @@ def _make_encodings_costs(
         x = jnp.moveaxis(x, 0, 1)
         return x.reshape(x.shape[0], num_chunks * chunk_size, *x.shape[3:])
 
-    def forward(source, target, consts, targets, source_lengths, target_lengths):
-        vocab = jax.eval_shape(joiner, source[:, :chunk_size], target, *consts).shape[-1]
-        label_index = _label_index(targets, target.shape[1], vocab)
+    def forward(chunked, whole, chunk_data, shared):
+        def chunk_log_probs(chunk):
+            inputs, data = chunk
+            return log_probs(joiner(*inputs, *whole), data, shared)
 
-        def chunk_log_probs(source_chunk):
-            logits = joiner(source_chunk, target, *consts)
-            dtype = _compute_dtype(logits.dtype)
-            return _gather_log_probs(logits, label_index, blank, True, dtype)
-
-        blank_lp, label_lp, denominator = jax.tree.map(
-            join_chunks, jax.lax.map(chunk_log_probs, split_chunks(source))
-        )
-        costs, blank_occ, label_occ, valid = _arc_occupancies(
-            blank_lp[:, :frames], label_lp[:, :frames], source_lengths, target_lengths, fastemit
-        )
-        pad = [(0, 0), (0, num_chunks * chunk_size - frames), (0, 0)]
-        occupancies = (jnp.pad(blank_occ, pad), jnp.pad(label_occ, pad), jnp.pad(valid, pad))
-        residuals = (source, target, consts, label_index, denominator, occupancies)
-        return costs, residuals
+        chunks = jax.tree.map(split_chunks, (chunked, chunk_data))
+        blank_lp, label_lp, denominator = jax.tree.map(join_chunks, jax.lax.map(chunk_log_probs, chunks))
+        costs, occupancies = lattice(blank_lp[:, :frames], label_lp[:, :frames], shared)
+        return costs, (chunked, whole, chunk_data, shared, denominator, occupancies)
 
     def backward(residuals, cost_cotangent):
-        source, target, consts, label_index, denominator, (blank_occ, label_occ, valid) = residuals
+        chunked, whole, chunk_data, shared, denominator, occupancies = residuals
 
         def chunk_backward(accumulated, chunk):
-            source_chunk, denominator_chunk, blank_chunk, label_chunk, valid_chunk = chunk
-            logits, pullback = jax.vjp(joiner, source_chunk, target, *consts)
-            grad = _logits_gradient(
-                logits,
-                denominator_chunk,
-                label_index,
-                blank_chunk,
-                label_chunk,
-                valid_chunk,
-                cost_cotangent,
-                blank,
-                clamp,
-                True,
+            inputs, data, denominator_chunk, occupancies_chunk = chunk
+            logits, pullback = jax.vjp(joiner, *inputs, *whole)
+            grads = pullback(
+                logits_gradient(logits, denominator_chunk, occupancies_chunk, data, shared, cost_cotangent)
             )
-            source_grad, target_grad, *consts_grad = pullback(grad)
-            accumulated = jax.tree.map(
-                lambda acc, g: acc + g.astype(acc.dtype), accumulated, (target_grad, tuple(consts_grad))
-            )
-            return accumulated, source_grad
+            inputs_grad, whole_grad = tuple(grads[: len(inputs)]), tuple(grads[len(inputs) :])
+            accumulated = jax.tree.map(lambda acc, g: acc + g.astype(acc.dtype), accumulated, whole_grad)
+            return accumulated, inputs_grad
 
         # Sums over chunks accumulate in at least float32 (bfloat16 weights would lose their low bits).
-        primals = (target, tuple(consts))
-        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)), primals)
-        chunks = jax.tree.map(split_chunks, (source, denominator, blank_occ, label_occ, valid))
-        accumulated, source_grad = jax.lax.scan(chunk_backward, zeros, chunks)
-        target_grad, consts_grad = jax.tree.map(lambda g, x: g.astype(x.dtype), accumulated, primals)
-        return join_chunks(source_grad), target_grad, consts_grad, None, None, None
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)), whole)
+        chunks = jax.tree.map(split_chunks, (chunked, chunk_data, denominator, occupancies))
+        accumulated, chunked_grad = jax.lax.scan(chunk_backward, zeros, chunks)
+        whole_grad = jax.tree.map(lambda g, x: g.astype(x.dtype), accumulated, whole)
+        return jax.tree.map(join_chunks, chunked_grad), whole_grad, None, None
 
     costs_fn = jax.custom_vjp(lambda *args: forward(*args)[0])
     costs_fn.defvjp(forward, backward)
     return costs_fn
+
+
+def _encodings_costs(
+    joiner: Callable[..., Array],
+    num_chunks: int,
+    chunk_size: int,
+    frames: int,
+    blank: int,
+    clamp: float,
+    fastemit: float,
+) -> Callable[..., Array]:
+    """``_chunked_joiner_costs`` over the full lattice: chunked (source,), whole (target, *consts), shared
+    (label_index (B, U + 1), source_lengths, target_lengths); ``joiner`` is closure-converted: (source_chunk,
+    target_encodings, *consts) -> logits (B, Tc, U + 1, V)."""
+
+    def log_probs(logits, data, shared):
+        return _gather_log_probs(logits, shared[0], blank, True, _compute_dtype(logits.dtype))
+
+    def lattice(blank_lp, label_lp, shared):
+        _, source_lengths, target_lengths = shared
+        costs, *occupancies = _arc_occupancies(blank_lp, label_lp, source_lengths, target_lengths, fastemit)
+        pad = [(0, 0), (0, num_chunks * chunk_size - frames), (0, 0)]
+        return costs, tuple(jnp.pad(x, pad) for x in occupancies)  # blank, label, valid
+
+    def logits_gradient(logits, denominator, occupancies, data, shared, cost_cotangent):
+        blank_occ, label_occ, valid = occupancies
+        return _logits_gradient(
+            logits, denominator, shared[0], blank_occ, label_occ, valid, cost_cotangent, blank, clamp, True
+        )
+
+    return _chunked_joiner_costs(joiner, num_chunks, chunk_size, frames, log_probs, lattice, logits_gradient)
 
 
 def rnnt_loss_from_encodings(
@@ -592,27 +626,18 @@ def rnnt_loss_from_encodings(
     source = jnp.pad(source, [(0, 0), (0, num_chunks * chunk_size - frames), (0, 0)])
     target = jnp.asarray(target_encodings)
     example_chunk = source[:, :chunk_size]
-    out = jax.eval_shape(joiner, example_chunk, target)
-    expected = (batch, chunk_size, nodes)
-    if len(out.shape) != 4 or tuple(out.shape[:3]) != expected or not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(
-            f"joiner: expected floating logits of shape (B, Tc, U + 1, V) = {expected + ('V',)}, "
-            f"got {tuple(out.shape)} {out.dtype}"
-        )
-    vocab = out.shape[-1]
+    vocab = _joiner_vocab(joiner, (example_chunk, target), (batch, chunk_size, nodes), "(B, Tc, U + 1, V)")
     blank = _resolve_blank(blank, vocab)
     _check_target_values(targets, target_lengths, vocab, blank)
 
     converted_joiner, consts = jax.closure_convert(joiner, example_chunk, target)
-    costs_fn = _make_encodings_costs(
+    costs_fn = _encodings_costs(
         converted_joiner, num_chunks, chunk_size, frames, blank, float(clamp), float(fastemit_lambda)
     )
-    costs = costs_fn(
-        source,
-        target,
-        tuple(consts),
-        jnp.asarray(targets),
+    shared = (
+        _label_index(jnp.asarray(targets), nodes, vocab),
         jnp.clip(jnp.asarray(source_lengths), 1, frames),
         jnp.clip(jnp.asarray(target_lengths), 0, nodes - 1),
     )
+    costs = costs_fn((source,), (target, *consts), (), shared)
     return _reduce(costs, reduction)

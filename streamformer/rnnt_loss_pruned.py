@@ -48,7 +48,9 @@ from .rnnt_loss import (
     _as_array,
     _check_common,
     _check_target_values,
+    _chunked_joiner_costs,
     _compute_dtype,
+    _joiner_vocab,
     _label_index,
     _reduce,
     _resolve_blank,
@@ -398,76 +400,40 @@ def _window_logits_gradient(logits, denominator, label_index, blank_occ, label_o
     return (grad * cost_cotangent.astype(dtype)[:, None, None, None]).astype(logits.dtype)
 
 
-def _make_pruned_costs(
+def _pruned_costs(
     joiner: Callable[..., Array], num_chunks: int, chunk_size: int, frames: int, nodes: int, blank: int
 ) -> Callable[..., Array]:
-    """Custom-VJP (source (B, Tp, D), pruned target (B, Tp, K, D), consts, start (B, Tp), label_index
-    (B, Tp, K), lengths...) -> costs (B,), with Tp = num_chunks * chunk_size.
+    """``rnnt_loss._chunked_joiner_costs`` over the windows: chunked (source (B, Tp, D), pruned target
+    (B, Tp, K, D)), whole consts, chunk_data (label_index (B, Tp, K),), shared (start (B, Tp), frame_lengths,
+    target_lengths); ``joiner`` is closure-converted: (source_chunk, pruned_target_chunk, *consts) -> logits
+    (B, Tc, K, V). The forward pass keeps (B, T, K) log-probabilities, so that no more than a chunk of
+    (B, Tc, K, V) logits lives at once."""
 
-    The joiner runs ``chunk_size`` frames at a time. The forward pass keeps the (B, T, K) log-probabilities of
-    blank and of the label and the softmax denominators; the backward pass recomputes each chunk's logits, forms
-    their analytic gradient and pulls it back through ``joiner`` (closure-converted: (source_chunk,
-    pruned_target_chunk, *consts) -> logits), so that no more than a chunk of (B, Tc, K, V) logits lives at once.
-    """
+    def log_probs(logits, data, shared):
+        return _window_log_probs(logits, data[0], blank)
 
-    def split_chunks(x):  # (B, Tp, ...) -> (num_chunks, B, chunk_size, ...)
-        return jnp.moveaxis(x.reshape(x.shape[0], num_chunks, chunk_size, *x.shape[2:]), 1, 0)
-
-    def join_chunks(x):  # (num_chunks, B, chunk_size, ...) -> (B, Tp, ...)
-        x = jnp.moveaxis(x, 0, 1)
-        return x.reshape(x.shape[0], num_chunks * chunk_size, *x.shape[3:])
-
-    def forward(source, pruned_target, consts, start, label_index, frame_lengths, target_lengths):
-        def chunk_log_probs(chunk):
-            source_chunk, target_chunk, label_chunk = chunk
-            return _window_log_probs(joiner(source_chunk, target_chunk, *consts), label_chunk, blank)
-
-        chunks = jax.tree.map(split_chunks, (source, pruned_target, label_index))
-        blank_lp, label_lp, denominator = jax.tree.map(join_chunks, jax.lax.map(chunk_log_probs, chunks))
+    def lattice(blank_lp, label_lp, shared):
+        start, frame_lengths, target_lengths = shared
         window_start = start[:, :frames]
         costs, blank_occ, label_occ, _ = _arc_occupancies(
-            _window_to_lattice(blank_lp[:, :frames], window_start, nodes),
-            _window_to_lattice(label_lp[:, :frames], window_start, nodes),
+            _window_to_lattice(blank_lp, window_start, nodes),
+            _window_to_lattice(label_lp, window_start, nodes),
             frame_lengths,
             target_lengths,
             0.0,
         )
-        positions = start[..., None] + jnp.arange(label_index.shape[-1])
+        positions = start[..., None] + jnp.arange(blank_lp.shape[-1])
         pad = [(0, 0), (0, num_chunks * chunk_size - frames), (0, 0)]
-        occupancies = tuple(
-            _lattice_to_window(jnp.pad(x, pad), positions) for x in (blank_occ, label_occ)
-        )  # (B, Tp, K) each; padded frames 0
-        return costs, (source, pruned_target, consts, label_index, denominator, occupancies)
+        # (B, Tp, K) each; padded frames 0
+        return costs, tuple(_lattice_to_window(jnp.pad(x, pad), positions) for x in (blank_occ, label_occ))
 
-    def backward(residuals, cost_cotangent):
-        source, pruned_target, consts, label_index, denominator, (blank_occ, label_occ) = residuals
-
-        def chunk_backward(accumulated, chunk):
-            source_chunk, target_chunk, label_chunk, denominator_chunk, blank_chunk, label_occ_chunk = chunk
-            logits, pullback = jax.vjp(joiner, source_chunk, target_chunk, *consts)
-            grad = _window_logits_gradient(
-                logits, denominator_chunk, label_chunk, blank_chunk, label_occ_chunk, cost_cotangent, blank
-            )
-            source_grad, target_grad, *consts_grad = pullback(grad)
-            accumulated = jax.tree.map(
-                lambda acc, g: acc + g.astype(acc.dtype), accumulated, tuple(consts_grad)
-            )
-            return accumulated, (source_grad, target_grad)
-
-        # Sums over chunks accumulate in at least float32 (bfloat16 weights would lose their low bits).
-        zeros = jax.tree.map(
-            lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32)), tuple(consts)
+    def logits_gradient(logits, denominator, occupancies, data, shared, cost_cotangent):
+        blank_occ, label_occ = occupancies
+        return _window_logits_gradient(
+            logits, denominator, data[0], blank_occ, label_occ, cost_cotangent, blank
         )
-        chunks = jax.tree.map(
-            split_chunks, (source, pruned_target, label_index, denominator, blank_occ, label_occ)
-        )
-        accumulated, (source_grad, target_grad) = jax.lax.scan(chunk_backward, zeros, chunks)
-        consts_grad = jax.tree.map(lambda g, x: g.astype(x.dtype), accumulated, tuple(consts))
-        return join_chunks(source_grad), join_chunks(target_grad), consts_grad, None, None, None, None
 
-    costs_fn = jax.custom_vjp(lambda *args: forward(*args)[0])
-    costs_fn.defvjp(forward, backward)
-    return costs_fn
+    return _chunked_joiner_costs(joiner, num_chunks, chunk_size, frames, log_probs, lattice, logits_gradient)
 
 
 def rnnt_loss_pruned(
@@ -570,14 +536,13 @@ def rnnt_loss_pruned(
     )
     pruned_target = jnp.where(node_valid[..., None], pruned_target, jnp.zeros((), target.dtype))
 
-    out = jax.eval_shape(joiner, source, pruned_target)
-    expected = (batch, frames, size)
-    if len(out.shape) != 4 or tuple(out.shape[:3]) != expected or not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(
-            f"joiner: expected floating logits of shape (B, T, K, V) = {expected + ('V',)} from "
-            f"(source (B, T, D), pruned targets (B, T, K, D)), got {tuple(out.shape)} {out.dtype}"
-        )
-    vocab = out.shape[-1]
+    vocab = _joiner_vocab(
+        joiner,
+        (source, pruned_target),
+        (batch, frames, size),
+        "(B, T, K, V)",
+        " from (source (B, T, D), pruned targets (B, T, K, D))",
+    )
     blank = _resolve_blank(blank, vocab)
     _check_target_values(targets, target_lengths, vocab, blank)
 
@@ -598,8 +563,8 @@ def rnnt_loss_pruned(
     converted_joiner, consts = jax.closure_convert(
         joiner, source[:, :chunk_size], pruned_target[:, :chunk_size]
     )
-    costs_fn = _make_pruned_costs(converted_joiner, num_chunks, chunk_size, frames, nodes, blank)
-    costs = costs_fn(source, pruned_target, tuple(consts), start, label_index, frame_lengths, labels)
+    costs_fn = _pruned_costs(converted_joiner, num_chunks, chunk_size, frames, nodes, blank)
+    costs = costs_fn((source, pruned_target), tuple(consts), (label_index,), (start, frame_lengths, labels))
     return _reduce(costs, reduction)
 
 
