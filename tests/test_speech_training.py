@@ -1,6 +1,6 @@
-"""Real speech end to end, small: a tiny espeak-ng build, a small model trained briefly through the CLI, the
-loss falling and the greedy transcripts overlapping the references; then the CLI transcribing a batch with
-bad files in it."""
+"""Real speech end to end, small: a tiny espeak-ng build, a small model trained briefly by the real-speech job
+(``main --data espeak``: learning curve, seen/unseen test conditions, a streamed file), the loss falling and
+the greedy transcripts overlapping the references; then the CLI transcribing a batch with bad files in it."""
 
 import json
 
@@ -38,11 +38,13 @@ SETTINGS = [
     "data.batch_size=8",
     "data.num_buckets=2",
     "data.spec_augment=false",
+    "optim.loss=full",
     "optim.lr=4e-3",
     "optim.warmup_steps=20",
     "loop.steps=200",
     "loop.log_every=10",
     "loop.checkpoint_every=0",
+    "loop.eval_every=100",
 ]
 
 
@@ -50,10 +52,35 @@ SETTINGS = [
 def trained(tmp_path_factory):
     root = build_corpus(tmp_path_factory.mktemp("speech") / "corpus", CORPUS)
     workdir = tmp_path_factory.mktemp("run")
-    overrides = SETTINGS + [f"data.train={root / 'train'}", f"data.dev={root / 'train'}"]
-    args = ["fit", "--workdir", str(workdir), "--preset", "tiny", "--quiet", "--no-eval"]
-    assert cli(args + [a for item in overrides for a in ("--set", item)]) == 0
+    args = ["main", "--data", "espeak", "--corpus", str(root), "--workdir", str(workdir), "--quiet"]
+    args += ["--eval-limit", "4", "--test-limit", "1", "--beam", "2"]
+    assert cli(args + [a for item in SETTINGS for a in ("--set", item)]) == 0
     return root, workdir
+
+
+def test_speech_job_reports_the_curve_and_every_test_condition(trained):
+    root, workdir = trained
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["steps"] == 200 and results["corpus"]["root"] == str(root)
+    assert [point["step"] for point in results["curve"]] == [100, 200]  # every eval_every steps, and the end
+    first, last = results["curve"]
+    assert 0 < first["train_minutes"] < last["train_minutes"]
+    assert abs(last["train_minutes"] - results["train_seconds"] / 60) < 0.02, (last, results["train_seconds"])
+    conditions = {(r["speakers"], r["mode"], r["search"]) for r in results["test"]}
+    assert conditions == {
+        (speakers, mode, search)
+        for speakers in ("seen", "unseen")
+        for mode in ("offline", "streaming")
+        for search in ("greedy", "beam2")
+    }
+    assert all(r["utterances"] == 1 and 0 <= r["cer"] for r in results["test"])
+    unseen = {
+        str(root / json.loads(line)["audio"])
+        for line in (root / "test-unseen.jsonl").read_text().splitlines()
+    }
+    assert results["transcribe"]["file"] in unseen
+    stored = json.loads((workdir / "config.json").read_text())
+    assert stored["data"]["train"] == str(root / "train") and stored["model"]["encoding_dim"] == 96
 
 
 def test_loss_falls_and_greedy_output_overlaps_the_reference(trained, capsys):

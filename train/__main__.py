@@ -183,12 +183,23 @@ def cmd_stats(args) -> dict:
     return {"utterances": len(items)}
 
 
+#: ``main``'s workdir and training budget per --data: the embedded job fits the README's 10 minutes; the
+#: real-speech job is tuned for an hour of training on 2 CPU cores (benchmarks/speech_recipe.md).
+MAIN_DEFAULTS = {
+    "synth": {"workdir": "runs/main", "time_limit": 480.0},
+    "espeak": {"workdir": "runs/speech", "time_limit": 3600.0},
+}
+
+
 def cmd_main(args) -> dict:
     """The main job: the embedded dataset, a small Emformer RNN-T trained on it, its test WER (offline and
     streaming), a checkpoint, and one test file transcribed as a stream."""
     from train import synth
     from train.trainer import save_json
 
+    data_defaults = MAIN_DEFAULTS[args.data]
+    args.workdir = args.workdir or data_defaults["workdir"]
+    args.time_limit = data_defaults["time_limit"] if args.time_limit is None else args.time_limit
     if args.data == "espeak":
         from train.recipe import run_speech_job
 
@@ -254,14 +265,16 @@ def _parser() -> argparse.ArgumentParser:
     def common(p, workdir_default=None):
         p.add_argument(
             "--workdir",
-            default=workdir_default,
+            default=workdir_default or None,
             required=workdir_default is None,
-            help="run folder: config.json, tokenizer.model, global_stats.json, checkpoints/, metrics",
+            help="run folder: config.json, tokenizer.model, global_stats.json, checkpoints/, metrics"
+            + (" (default: runs/main, or runs/speech with --data espeak)" if workdir_default == "" else ""),
         )
         p.add_argument(
             "--preset",
             default=None,
-            help="tiny, conv_tiny or base (default: the workdir's config, else tiny)",
+            help="tiny, conv_tiny, base or speech (default: the workdir's config, else tiny; "
+            "main --data espeak: speech)",
         )
         p.add_argument(
             "--set",
@@ -331,8 +344,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the main job: train the tiny model on the embedded data, test WER, "
         "checkpoint, streaming transcription",
     )
-    common(job, workdir_default="runs/main")
-    job.add_argument("--time-limit", type=float, default=480.0, help="training time budget in seconds")
+    common(job, workdir_default="")
+    job.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="training time budget in seconds (default: 480 with --data synth, 3600 with --data espeak)",
+    )
     job.add_argument("--quiet", action="store_true", help="no progress line")
     job.add_argument(
         "--data",
@@ -340,10 +358,15 @@ def _parser() -> argparse.ArgumentParser:
         default="synth",
         help="synth: the embedded dataset; espeak: real English read by espeak-ng voices (preset speech)",
     )
-    job.add_argument("--corpus", default=None, help="--data espeak: corpus folder (default <workdir>/corpus)")
-    job.add_argument("--corpus-seed", type=int, default=0, help="--data espeak: the corpus's seed")
     job.add_argument(
-        "--corpus-sentences", type=int, default=0, help="--data espeak: use N sentences only (0: all)"
+        "--corpus",
+        default=None,
+        help="--data espeak: corpus folder (default <workdir>/corpus); a corpus already there is used as built, "
+        "unless --corpus-seed or --corpus-sentences ask for another (then it must match)",
+    )
+    job.add_argument("--corpus-seed", type=int, default=None, help="--data espeak: the corpus's seed (0)")
+    job.add_argument(
+        "--corpus-sentences", type=int, default=None, help="--data espeak: use N sentences only (0: all)"
     )
     job.add_argument("--beam", type=int, default=4, help="--data espeak: beam width of the beam evaluation")
     job.add_argument(
@@ -370,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     }[args.command]
     try:
         command(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         _say(f"error: {error}")
         return 2
     return 0

@@ -31,9 +31,13 @@ def run_speech_job(args) -> dict:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     corpus = Path(args.corpus) if args.corpus else workdir / "corpus"
-    corpus_config = espeak.EspeakCorpusConfig(seed=args.corpus_seed, max_sentences=args.corpus_sentences)
     build_started = time.perf_counter()
-    espeak.build_corpus(corpus, corpus_config)
+    asked = args.corpus_seed is not None or args.corpus_sentences is not None
+    if asked or not (corpus / "corpus.json").exists():  # else: a corpus already there is used as built
+        espeak.build_corpus(
+            corpus,
+            espeak.EspeakCorpusConfig(seed=args.corpus_seed or 0, max_sentences=args.corpus_sentences or 0),
+        )
     summary_corpus = json.loads((corpus / "corpus.json").read_text())
     say(
         f"corpus {corpus}: {summary_corpus['splits']['train']['hours']:.2f} h of training speech "
@@ -91,7 +95,9 @@ def run_speech_job(args) -> dict:
         progress=not args.quiet,
         time_limit=args.time_limit,
     )
-    train_seconds = result.seconds - clock["eval"]
+    train_seconds = time.perf_counter() - clock["start"] - clock["eval"]  # the curve's clock: set-up included
+    if config.loop.eval_every and (not curve or curve[-1]["step"] != int(result.state.step)):
+        on_eval(result.state, int(result.state.step))  # the curve's last point: where training stopped
     say(
         f"trained to step {int(result.state.step)} in {train_seconds:.0f} s (+{clock['eval']:.0f} s of dev evaluation)"
     )
