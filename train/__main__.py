@@ -262,13 +262,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def common(p, workdir_default=None):
+    def common(p, workdir_default_help=None):
         p.add_argument(
             "--workdir",
-            default=workdir_default or None,
-            required=workdir_default is None,
+            required=workdir_default_help is None,
             help="run folder: config.json, tokenizer.model, global_stats.json, checkpoints/, metrics"
-            + (" (default: runs/main, or runs/speech with --data espeak)" if workdir_default == "" else ""),
+            + (f" (default: {workdir_default_help})" if workdir_default_help else ""),
         )
         p.add_argument(
             "--preset",
@@ -344,7 +343,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the main job: train the tiny model on the embedded data, test WER, "
         "checkpoint, streaming transcription",
     )
-    common(job, workdir_default="")
+    common(job, workdir_default_help="runs/main, or runs/speech with --data espeak (MAIN_DEFAULTS)")
     job.add_argument(
         "--time-limit",
         type=float,
