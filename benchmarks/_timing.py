@@ -17,3 +17,15 @@ def median_time(fn: Callable[[], object], repeats: int, *, warmup: bool = False)
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def matmul_flops_per_second(size: int = 4096, repeats: int = 5) -> float:
+    """This machine's float32 compute ceiling as JAX reaches it: FLOP/s of one large jitted matmul."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    product = jax.jit(jnp.matmul)
+    seconds = median_time(lambda: product(a, b).block_until_ready(), repeats, warmup=True)
+    return 2 * size**3 / seconds

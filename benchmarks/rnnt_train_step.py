@@ -9,6 +9,12 @@ Losses: "pruned" (optim.loss=pruned, prune_range 5, after warm-up), "efficient" 
 loss_chunk_frames=16: rnnt_loss_from_encodings), "full" (optim.loss=full with loss_chunk_frames=0: the whole
 joint at once; about 11 GiB, memory only unless --time-full). Peak memory: XLA's compiled memory analysis of the
 step (parameters, Adam state and the batch included). Time: median of ``--repeats`` steps after one warm-up step.
+FLOPs: XLA's cost analysis of the compiled step, against this machine's ceiling (a 4096^3 float32 matmul's
+FLOP/s, measured first).
+
+The speech preset's step (the real-speech recipe, benchmarks/speech_recipe.md):
+    PYTHONPATH=. .venv/bin/python -u benchmarks/rnnt_train_step.py --preset speech --vocab 65 --batch 32 \
+        --frames 260 --labels 33 --losses pruned,efficient --repeats 20
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import time
 
 import jax
 import numpy as np
-from _timing import median_time
+from _timing import matmul_flops_per_second, median_time
 from rnnt_loss import gib
 from rnnt_loss_pruned import cpu_name
 
@@ -42,6 +48,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--labels", type=int, default=80)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], help="config override, as train's --set")
     parser.add_argument("--time-full", action="store_true")
     parser.add_argument(
         "--memory-only", action="store_true", help="compile and report peak memory, do not run"
@@ -52,7 +59,9 @@ def main() -> None:
         f"machine: {cpu_name()}, {os.cpu_count()} CPUs, jax {jax.__version__}; "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
-    base = config_lib.preset(args.preset)
+    peak = matmul_flops_per_second()
+    print(f"ceiling: a 4096^3 float32 matmul runs at {peak / 1e9:.0f} GFLOP/s")
+    base = config_lib.apply_overrides(config_lib.preset(args.preset), args.set)
     rng = np.random.default_rng(0)
     right_context = base.model.right_context_length
     batch = {
@@ -66,7 +75,8 @@ def main() -> None:
     }
     stride = base.model.time_reduction_stride
     print(
-        f"preset {args.preset}; shape: B={B}, {args.frames} feature frames (T'={args.frames // stride}), U={U}, V={V}"
+        f"preset {args.preset} {' '.join(args.set)};\n"
+        f"shape: B={B}, {args.frames} feature frames (T'={args.frames // stride}), U={U}, V={V}"
     )
     variants = {
         "pruned": dict(loss="pruned", prune_range=5),
@@ -86,13 +96,18 @@ def main() -> None:
         compiled = step.lower(state, batch).compile()
         compile_seconds = time.perf_counter() - start
         analysis = compiled.memory_analysis()
-        peak = (
+        peak_bytes = (
             analysis.argument_size_in_bytes
             + analysis.output_size_in_bytes
             + analysis.temp_size_in_bytes
             - analysis.alias_size_in_bytes
         )
-        line = f"{name}: compile {compile_seconds:.1f} s; peak {gib(peak)} (temp {gib(analysis.temp_size_in_bytes)})"
+        costs = compiled.cost_analysis()
+        flops = float((costs[0] if isinstance(costs, list) else costs).get("flops", 0.0))
+        line = (
+            f"{name}: compile {compile_seconds:.1f} s; peak memory {gib(peak_bytes)} "
+            f"(temp {gib(analysis.temp_size_in_bytes)}); {flops / 1e9:.1f} GFLOP a step"
+        )
         if not args.memory_only and (name != "full" or args.time_full):
             holder = {"state": state}
 
@@ -102,7 +117,11 @@ def main() -> None:
                 holder["metrics"] = metrics
 
             seconds = median_time(run, args.repeats, warmup=True)
-            line += f"; step {seconds:.2f} s (median of {args.repeats}); loss {float(holder['metrics']['loss']):.2f}"
+            line += (
+                f"; step {seconds:.3f} s (median of {args.repeats}), {flops / seconds / 1e9:.1f} GFLOP/s = "
+                f"{100 * flops / seconds / peak:.0f} % of the matmul ceiling; "
+                f"loss {float(holder['metrics']['loss']):.2f}"
+            )
         print(line, flush=True)
         del compiled, state
     print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

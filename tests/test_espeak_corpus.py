@@ -17,9 +17,10 @@ from train.espeak import (
     build_corpus,
     load_sentences,
     normalize_sentence,
+    recombine_sentences,
 )
 
-SMALL = EspeakCorpusConfig(seed=5, max_sentences=40, train_renditions=1)
+SMALL = EspeakCorpusConfig(seed=5, max_sentences=40, train_renditions=1, train_recombined=1)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,24 @@ def test_splits_share_no_sentence_and_unseen_speakers_stay_out_of_training(corpu
     assert len(seen_half) + len(unseen_half) == len(texts["test"])
 
 
+def test_recombined_text_is_new_word_sequences_of_training_phrases():
+    sources = load_sentences()[:300]
+    held_out = load_sentences()[300:400]
+    out = recombine_sentences(sources, 500, seed=3, min_words=4, max_words=14, exclude=held_out)
+    assert out == recombine_sentences(sources, 500, seed=3, exclude=held_out)  # deterministic by seed
+    assert out != recombine_sentences(sources, 500, seed=4, exclude=held_out)
+    assert len(set(out)) == 500 and not set(out) & (set(sources) | set(held_out))
+    vocabulary = {w for s in sources for w in s.split()}
+    assert all(4 <= len(s.split()) <= 14 and set(s.split()) <= vocabulary for s in out)
+    bigrams = {b for s in sources for b in zip(s.split(), s.split()[1:])}
+    pairs = [b for s in out for b in zip(s.split(), s.split()[1:])]
+    assert 0.5 < sum(b in bigrams for b in pairs) / len(pairs) < 1.0  # spans of real phrases, joined anew
+    with pytest.raises(ValueError, match="count"):
+        recombine_sentences(["one two"], 2, seed=0, min_words=4, max_words=4)  # only "one two one two"
+    with pytest.raises(ValueError, match="train_recombined"):
+        EspeakCorpusConfig(train_recombined=-1)
+
+
 def test_full_plan_keeps_the_split_rules():
     """The full-size corpus (planned, not synthesised): disjoint splits, no unseen voice in train or dev."""
     specs = _plan(EspeakCorpusConfig())
@@ -99,12 +118,17 @@ def test_full_plan_keeps_the_split_rules():
     assert len(training_voices) > 80
     assert {x.voice for x in specs if x.unseen} and all(x.split == "test" for x in specs if x.unseen)
     assert len({x.id for x in specs}) == len(specs)
+    recombined = [x for x in specs if x.id.split("-")[1] == "4"]
+    assert len(recombined) == 3 * len(by_split["train"] - {x.text for x in recombined})
+    assert all(x.split == "train" and not x.unseen for x in recombined)
 
 
 def test_audio_metadata_and_alignments(corpus):
     summary = json.loads((corpus / "corpus.json").read_text())
     entries = data_lib.list_librispeech(corpus / "train")
     assert summary["splits"]["train"]["utterances"] == len(entries)
+    recombined = [e for e in entries if e.id.split("-")[1] == "4"]  # one per training sentence in SMALL
+    assert summary["splits"]["train"]["recombined"] == len(recombined) == len(entries) // 2 > 10
     alignments = json.loads((corpus / "train.alignments.json").read_text())
     levels = []
     for entry in entries:

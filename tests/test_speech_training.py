@@ -17,6 +17,7 @@ CORPUS = EspeakCorpusConfig(
     words_per_sentence=(4, 7),
     max_sentences=10,
     train_renditions=4,
+    train_recombined=0,
     voices=("en-us", "en"),
     seen_variants=("", "m1", "f1"),
     unseen_variants=("m3",),

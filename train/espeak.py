@@ -8,7 +8,10 @@ collects the 22.05 kHz int16 samples and the word events, ``espeak_SetVoiceByNam
 Text: the fortune-cookie database of the ``fortunate`` package (about 2,800 quotes collected by Brian M.
 Clapper; the code is under a BSD-style licence, the database under Creative Commons Attribution 4.0),
 split into sentences and normalised to lowercase words and apostrophes, 4 to 14 words each, sentences with
-digits or symbols dropped (espeak-ng would read them in words the transcript does not hold).
+digits or symbols dropped (espeak-ng would read them in words the transcript does not hold). Besides reading
+each training sentence ``train_renditions`` times, the training split reads ``train_recombined`` new texts per
+training sentence, joined from 2-4-word phrases of the training sentences (``recombine_sentences``; chapter 4
+of each speaker): the 3,734 training sentences alone are few enough for a small transducer to learn by heart.
 
 Speakers: a speaker is an English voice (accent) with a voice variant (``en-us+m3``, ``en-gb-scotland+f2``);
 every utterance also gets its own rate, pitch and pitch range, then background noise of random colour at a
@@ -62,6 +65,7 @@ __all__ = [
     "build_corpus",
     "load_sentences",
     "normalize_sentence",
+    "recombine_sentences",
     "split_sentences",
 ]
 
@@ -99,6 +103,7 @@ SEEN_VARIANTS = (
 UNSEEN_VARIANTS = ("m4", "m7", "f4", "Gene", "linda", "aunty")
 SHARD_SIZE = 24
 _SPLIT_NUMBERS = {"train": 1, "dev": 2, "test": 3}
+_RECOMBINED_CHAPTER = 4  # the training utterances of recombined text: <speaker>-4-<utt>
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
@@ -157,6 +162,49 @@ def split_sentences(sentences: Sequence[str], seed: int, dev: int, test: int) ->
     order = np.random.default_rng([seed, 7]).permutation(len(sentences))
     shuffled = [sentences[i] for i in order]
     return {"dev": shuffled[:dev], "test": shuffled[dev : dev + test], "train": shuffled[dev + test :]}
+
+
+def recombine_sentences(
+    sentences: Sequence[str],
+    count: int,
+    seed: int,
+    min_words: int = 4,
+    max_words: int = 14,
+    exclude: Sequence[str] = (),
+) -> list[str]:
+    """``count`` new word sequences made of the training ``sentences``' own phrases, deterministic by ``seed``.
+
+    Each is min_words..max_words words long (uniformly), joined from spans of 2-4 consecutive words of
+    random sentences; none equals a sentence of ``sentences`` or ``exclude`` (pass the dev and test sentences)
+    or another. Locally they read as English, globally they are new: a small model then cannot learn the
+    training sentences by heart in its predictor (measured: 72 % of the words of training utterances right
+    against 41 % of test ones without this), and only words of ``sentences`` occur, so held-out sentences stay
+    held out.
+    """
+    if count < 0 or not sentences:
+        raise ValueError(
+            f"count, sentences: expected count >= 0 and some sentences, got {count}, {len(sentences)}"
+        )
+    rng = np.random.default_rng([seed, 8])
+    words = [s.split() for s in sentences]
+    taken, out = set(sentences) | set(exclude), []
+    for _ in range(100 * count):
+        if len(out) == count:
+            break
+        length = int(rng.integers(min_words, max_words + 1))
+        picked: list[str] = []
+        while len(picked) < length:
+            source = words[int(rng.integers(len(words)))]
+            span = int(rng.integers(2, 5))
+            start = int(rng.integers(max(len(source) - span, 0) + 1))
+            picked += source[start : start + span]
+        text = " ".join(picked[:length])
+        if text not in taken:
+            taken.add(text)
+            out.append(text)
+    if len(out) < count:
+        raise ValueError(f"count: {count} distinct recombinations asked, only {len(out)} found")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -281,6 +329,8 @@ class EspeakCorpusConfig:
     max_sentences: use only the first N sentences of the seeded shuffle (0: all); small builds for tests.
     dev_sentences, test_sentences: sentences held out for dev and test (the rest train).
     train_renditions: utterances per training sentence, each by its own random seen speaker.
+    train_recombined: recombined training texts per training sentence (``recombine_sentences``: phrases of the
+        training sentences joined anew), each read once by a random seen speaker; 0: none.
     voices, seen_variants, unseen_variants: speakers are voice+variant; unseen variants only in test.
     words_per_minute, pitch, pitch_range: espeak-ng's rate, pitch (0-100) and pitch range (0-100).
     noise_snr_db: background noise level; noise_colour: its spectral exponent (0 white, 1 pink, 2 brown).
@@ -295,6 +345,7 @@ class EspeakCorpusConfig:
     dev_sentences: int = 150
     test_sentences: int = 200
     train_renditions: int = 3
+    train_recombined: int = 3
     voices: tuple[str, ...] = VOICES
     seen_variants: tuple[str, ...] = SEEN_VARIANTS
     unseen_variants: tuple[str, ...] = UNSEEN_VARIANTS
@@ -317,6 +368,8 @@ class EspeakCorpusConfig:
             raise ValueError("voices, seen_variants, unseen_variants: expected at least one each")
         if self.train_renditions < 1:
             raise ValueError(f"train_renditions: expected >= 1, got {self.train_renditions}")
+        if self.train_recombined < 0:
+            raise ValueError(f"train_recombined: expected >= 0, got {self.train_recombined}")
 
 
 @dataclass(frozen=True)
@@ -354,31 +407,38 @@ def _plan(config: EspeakCorpusConfig) -> list[_Spec]:
     speakers = _speakers(config)
     seen = [i for i, (_, unseen) in enumerate(speakers) if not unseen]
     unseen = [i for i, (_, u) in enumerate(speakers) if u]
+    recombined = recombine_sentences(
+        splits["train"],
+        config.train_recombined * len(splits["train"]),
+        config.seed,
+        *config.words_per_sentence,
+        exclude=splits["dev"] + splits["test"],
+    )
+    chapters = _SPLIT_NUMBERS
+    readings = {  # (split, chapter): [(text, read by an unseen speaker), ...]
+        ("train", chapters["train"]): [
+            (t, False) for t in splits["train"] for _ in range(config.train_renditions)
+        ],
+        ("dev", chapters["dev"]): [(t, False) for t in splits["dev"]],
+        ("test", chapters["test"]): [(t, by_unseen) for t in splits["test"] for by_unseen in (False, True)],
+        ("train", _RECOMBINED_CHAPTER): [(t, False) for t in recombined],
+    }
     specs = []
-    for split in ("train", "dev", "test"):
-        number = _SPLIT_NUMBERS[split]
-        renditions: list[tuple[str, bool]] = []
-        for text in splits[split]:
-            if split == "train":
-                renditions += [(text, False)] * config.train_renditions
-            elif split == "dev":
-                renditions.append((text, False))
-            else:
-                renditions += [(text, False), (text, True)]
+    for (split, chapter), renditions in readings.items():
         for index, (text, is_unseen) in enumerate(renditions):
-            rng = np.random.default_rng([config.seed, number, index])
+            rng = np.random.default_rng([config.seed, chapter, index])
             speaker = int(rng.choice(unseen if is_unseen else seen))
             specs.append(
                 _Spec(
                     split=split,
-                    id=f"{speaker + 1}-{number}-{index:05d}",
+                    id=f"{speaker + 1}-{chapter}-{index:05d}",
                     text=text,
                     speaker=speaker + 1,
                     voice=speakers[speaker][0],
                     rate=int(rng.integers(config.words_per_minute[0], config.words_per_minute[1] + 1)),
                     pitch=int(rng.integers(config.pitch[0], config.pitch[1] + 1)),
                     pitch_range=int(rng.integers(config.pitch_range[0], config.pitch_range[1] + 1)),
-                    seed=(config.seed, number, index, 1),
+                    seed=(config.seed, chapter, index, 1),
                     unseen=is_unseen,
                 )
             )
@@ -593,6 +653,9 @@ def _write_metadata(staging: Path, results: list[dict], config: EspeakCorpusConf
             "speakers": len({r["id"].split("-")[0] for r in rows}),
             "aligned": sum(r["words"] is not None for r in rows),
         }
+    summary["splits"]["train"]["recombined"] = sum(
+        r["id"].split("-")[1] == str(_RECOMBINED_CHAPTER) for r in results if r["split"] == "train"
+    )
     for name, unseen in (("test-seen", False), ("test-unseen", True)):
         lines = []
         for r in results:
