@@ -97,3 +97,19 @@ def test_fit_on_a_corpus_with_bad_files_logs_them_in_the_metrics(corpus, tmp_pat
     assert sorted(Path(f.split(": ")[0]).name for f in data["skipped_files"]) == sorted(reasons)
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]
     assert "train: 16 utterances ready" in capsys.readouterr().err
+
+
+def test_featurising_in_chunks_gives_what_one_chunk_gives(corpus, tmp_path, monkeypatch):
+    """The audio is read and featurised a few utterances at a time (prepare.FEATURE_CHUNK), bad files in any
+    chunk: the same examples, features and skipped files as all at once."""
+    root, tokenizer, _ = corpus
+    config = config_for(root, tokenizer)
+    whole, chunked = {}, {}
+    examples, _, _ = prepare.prepare_split(config, tmp_path / "whole", "train", reports=whole)
+    monkeypatch.setattr(prepare, "FEATURE_CHUNK", 3)
+    again, _, _ = prepare.prepare_split(config, tmp_path / "chunked", "train", reports=chunked)
+    assert [e.id for e in again] == [e.id for e in examples] and len(examples) == GOOD
+    for a, b in zip(again, examples, strict=True):
+        np.testing.assert_allclose(a.features, b.features, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(a.targets, b.targets)
+    assert [r.path for r in chunked["train"].rejected] == [r.path for r in whole["train"].rejected]

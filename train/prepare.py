@@ -105,6 +105,22 @@ def log_mel_features(
     return out  # type: ignore[return-value]
 
 
+#: Utterances whose audio is in memory at once while a split is featurised (then only features are kept).
+FEATURE_CHUNK = 2048
+
+
+def _usable_features(items: list, report: screen.DataReport) -> tuple[list, list[np.ndarray]]:
+    """(the items whose audio is usable, their unnormalised log-mel features), the audio read and featurised
+    FEATURE_CHUNK utterances at a time, so a split's memory is its features (about 1/50 of its float32 audio:
+    80 values per 160 samples), not its waveforms: 100 h of LibriSpeech would otherwise hold 23 GB of audio."""
+    kept, features = [], []
+    for begin in range(0, len(items), FEATURE_CHUNK):
+        usable, audios = screen.load_audios(items[begin : begin + FEATURE_CHUNK], data_lib.audio_of, report)
+        kept += usable
+        features += log_mel_features(audios) if audios else []
+    return kept, features
+
+
 def tokenizer_for(config: Config, workdir: Path, train_texts: list[str] | None) -> Tokenizer:
     """data.tokenizer if set, else <workdir>/tokenizer.model, trained on ``train_texts`` when absent."""
     if config.data.tokenizer:
@@ -170,16 +186,15 @@ def prepare_split(
     if not items:
         raise ValueError(f"data.{split}: no utterances in {getattr(config.data, split)!r}")
     report = screen.DataReport(split, len(items))
-    items, audios = screen.load_audios(items, data_lib.audio_of, report)
+    items, features = _usable_features(items, report)
     texts = [normalize_text(item.text) for item in items]
     tokenizer = tokenizer or tokenizer_for(config, workdir, texts if split == "train" else None)
-    items, audios = screen.encodable(items, audios, lambda t: tokenizer.encode(normalize_text(t)), report)
+    items, features = screen.encodable(items, features, lambda t: tokenizer.encode(normalize_text(t)), report)
     screen.finish(report, config.data.strict)
     if reports is not None:
         reports[split] = report
     if not items:
         raise ValueError(f"data.{split}: none of the {report.total} utterances is usable (see the log)")
-    features = log_mel_features(audios)
     stats = stats or global_stats_for(config, workdir, features if split == "train" else None)
     return make_examples(items, features, stats, tokenizer), tokenizer, stats
 

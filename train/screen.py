@@ -91,20 +91,20 @@ def load_audios(
 
 
 def encodable(
-    items: Sequence, audios: Sequence[np.ndarray], encode: Callable[[str], object], report: DataReport
+    items: Sequence, data: Sequence[np.ndarray], encode: Callable[[str], object], report: DataReport
 ) -> tuple[list, list[np.ndarray]]:
-    """The items (and their audio) whose text ``encode`` accepts; a ValueError (characters the tokenizer
-    cannot encode) rejects the item into ``report``."""
-    kept, kept_audio = [], []
-    for item, audio in zip(items, audios, strict=True):
+    """The items (and their ``data``: audio or features, one per item) whose text ``encode`` accepts; a
+    ValueError (characters the tokenizer cannot encode) rejects the item into ``report``."""
+    kept, kept_data = [], []
+    for item, datum in zip(items, data, strict=True):
         try:
             encode(item.text)
         except ValueError as error:
             report.rejected.append(Rejected(item.id, _path_of(item), f"transcript: {error}"))
             continue
         kept.append(item)
-        kept_audio.append(audio)
-    return kept, kept_audio
+        kept_data.append(datum)
+    return kept, kept_data
 
 
 def finish(report: DataReport, strict: bool) -> DataReport:
