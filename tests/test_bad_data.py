@@ -113,3 +113,4 @@ def test_featurising_in_chunks_gives_what_one_chunk_gives(corpus, tmp_path, monk
         np.testing.assert_allclose(a.features, b.features, rtol=0, atol=1e-5)
         np.testing.assert_array_equal(a.targets, b.targets)
     assert [r.path for r in chunked["train"].rejected] == [r.path for r in whole["train"].rejected]
+    assert prepare.log_mel_features([]) == []  # a chunk whose files are all unusable

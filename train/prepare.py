@@ -88,6 +88,8 @@ def log_mel_features(
     audios: list[np.ndarray], batch_size: int = 64, pad_multiple: int = 8000
 ) -> list[np.ndarray]:
     """Unnormalized log-mel features (T, 80) of each waveform, in padded batches (few compiled shapes)."""
+    if not audios:
+        return []
     order = np.argsort([a.size for a in audios])
     out: list[np.ndarray | None] = [None] * len(audios)
     for begin in range(0, len(order), batch_size):
@@ -117,7 +119,7 @@ def _usable_features(items: list, report: screen.DataReport) -> tuple[list, list
     for begin in range(0, len(items), FEATURE_CHUNK):
         usable, audios = screen.load_audios(items[begin : begin + FEATURE_CHUNK], data_lib.audio_of, report)
         kept += usable
-        features += log_mel_features(audios) if audios else []
+        features += log_mel_features(audios)
     return kept, features
 
 
