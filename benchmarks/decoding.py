@@ -24,17 +24,14 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
+from _timing import median_time
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from _timing import median_time  # noqa: E402
-
-from streamformer.decoding import StreamingDecoder, beam_search, greedy_search  # noqa: E402
-from streamformer.rnnt import emformer_rnnt_base  # noqa: E402
+from streamformer.decoding import StreamingDecoder, beam_search, greedy_search
+from streamformer.rnnt import emformer_rnnt_base
 
 FRAMES, MELS, V = 1000, 80, 4097
 

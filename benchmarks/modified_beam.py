@@ -17,22 +17,19 @@ import argparse
 import os
 import platform
 import subprocess
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
+from _timing import median_time
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from _timing import median_time  # noqa: E402
-
-from streamformer.decoding import (  # noqa: E402
+from streamformer.decoding import (
     ModifiedBeamSearch,
     StreamingDecoder,
     modified_beam_search,
-    stream_segments,  # noqa: E402
+    stream_segments,
 )
-from streamformer.rnnt import emformer_rnnt_base  # noqa: E402
+from streamformer.rnnt import emformer_rnnt_base
 
 FRAMES, MELS, V, BEAM, BATCH = 1000, 80, 4097, 4, 32
 

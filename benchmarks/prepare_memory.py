@@ -16,13 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main() -> None:
-    from train import prepare
-    from train.config import preset
-    from train.run import Run
+    from streamformer.train.config import preset
+    from streamformer.train.corpora import prepare
+    from streamformer.train.workdir import Run
 
     split, chunk = sys.argv[1], int(sys.argv[2])
     prepare.FEATURE_CHUNK = chunk

@@ -30,28 +30,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from streamformer.train.corpora import audio as data_lib
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from streamformer.rnnt import RNNT, pruned_joiner_fn  # noqa: E402
-from streamformer.rnnt_loss import rnnt_loss  # noqa: E402
-from streamformer.rnnt_loss_pruned import rnnt_loss_pruned, rnnt_loss_simple, rnnt_prune_ranges  # noqa: E402
-from train import data as data_lib  # noqa: E402
+from streamformer.rnnt import RNNT, pruned_joiner_fn
+from streamformer.rnnt_loss import rnnt_loss
+from streamformer.rnnt_loss_pruned import rnnt_loss_pruned, rnnt_loss_simple, rnnt_prune_ranges
 
 
 def make_lattice_fn(model: RNNT, optim, blank: int, prune_range: int):
     """A jitted ``(variables, features, feature_lengths, targets, target_lengths) -> dict`` of, per
     utterance: the full lattice's arc log-probabilities ``blank_lp`` and ``label_lp`` (B, T, U + 1), the
     window starts ``start`` (B, T), the encoder's ``source_lengths`` (B,), and the ``full`` and ``pruned``
-    RNN-T losses (B,), computed as the trainer computes them (``train.trainer.make_loss_fn``)."""
+    RNN-T losses (B,), computed as the trainer computes them (``streamformer.train.loop.step.make_loss_fn``)."""
 
     def lattice(variables, features, feature_lengths, targets, target_lengths):
         sources, source_lengths = model.apply(variables, features, feature_lengths, method=RNNT.transcribe)
@@ -212,8 +209,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     args = parser.parse_args()
-    from train.prepare import bucket_frames_for
-    from train.run import Run, config_for
+    from streamformer.train.loop.batches import bucket_frames_for
+    from streamformer.train.workdir import Run, config_for
 
     run = Run(config_for(args.workdir), Path(args.workdir))
     run.load_frontend()

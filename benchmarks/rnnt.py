@@ -19,18 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from _timing import median_time
+from streamformer.convert import from_torchaudio, reference
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from _timing import median_time  # noqa: E402
-from streamformer.convert import from_torchaudio, reference  # noqa: E402
-
-from streamformer.rnnt import emformer_rnnt_base  # noqa: E402
+from streamformer.rnnt import emformer_rnnt_base
 
 FRAMES, MELS = 1000, 80
 

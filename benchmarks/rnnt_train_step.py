@@ -1,6 +1,6 @@
 """One training step of emformer_rnnt_base (the base preset's model, V = 4097; ``--preset`` picks another) with
 each loss, in one process:
-train.trainer's jitted train_step (forward, backward, Adam update) on a batch of B=8 utterances of 1000 feature
+the trainer's jitted train_step (forward, backward, Adam update) on a batch of B=8 utterances of 1000 feature
 frames (T' = 250 encoder frames) and U=80 labels.
 
     PYTHONPATH=. .venv/bin/python -u benchmarks/rnnt_train_step.py [--losses pruned,efficient] [--repeats 2]
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 
 import jax
@@ -30,11 +29,8 @@ import numpy as np
 from _timing import matmul_flops_per_second, median_time
 from rnnt_loss import gib
 from rnnt_loss_pruned import cpu_name
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from train import config as config_lib  # noqa: E402
-from train.trainer import build_model, init_state, make_optimizer, make_train_step  # noqa: E402
+from streamformer.train import config as config_lib
+from streamformer.train.loop.step import build_model, init_state, make_optimizer, make_train_step
 
 
 def main() -> None:

@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def word_hits(reference: list[str], hypothesis: list[str]) -> list[bool]:
@@ -47,8 +44,8 @@ def word_hits(reference: list[str], hypothesis: list[str]) -> list[bool]:
 def report(
     name: str, run, model, variables, split: str, vocabulary: set[str], limit: int | None = None
 ) -> dict:
-    from train.evaluate import evaluate
-    from train.prepare import bucket_frames_for
+    from streamformer.train.evaluation import evaluate
+    from streamformer.train.loop.batches import bucket_frames_for
 
     examples = run.prepare(split)[:limit]
     started = time.perf_counter()
@@ -79,7 +76,7 @@ def report(
 
 def clean_test_seen(corpus: Path, out: Path) -> Path:
     """test-seen synthesised again without noise and reverberation (the builder's own rendering code)."""
-    from train import espeak
+    from streamformer.train.corpora import espeak
 
     manifest = out / "test-seen.jsonl"
     if manifest.exists():
@@ -101,9 +98,9 @@ def clean_test_seen(corpus: Path, out: Path) -> Path:
 
 
 def main() -> None:
-    from train import data as data_lib
-    from train.config import from_dict
-    from train.run import Run
+    from streamformer.train.config import from_dict
+    from streamformer.train.corpora import audio as data_lib
+    from streamformer.train.workdir import Run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", type=Path)

@@ -25,7 +25,7 @@ def _flat(blob: dict, prefix: str = "") -> dict:
 
 
 def summarise(workdir: Path) -> str:
-    from train.config import preset, to_dict
+    from streamformer.train.config import preset, to_dict
 
     results = json.loads((workdir / "results.json").read_text())
     config = _flat(json.loads((workdir / "config.json").read_text()))

@@ -2,7 +2,7 @@
 
 A probe, not the trainer: streamformer's Emformer (4 layers x 128, segment 16, right context 4, left context
 32, time reduction 4) with a CTC head on words (one token per vocabulary word, as a sentencepiece model of 80
-pieces gives) or letters, trained for a fixed wall-clock budget on train.data's bucketed batches; dev WER by
+pieces gives) or letters, trained for a fixed wall-clock budget on the trainer's bucketed batches; dev WER by
 greedy decoding every minute. Features: a numpy log-mel like torchaudio's RNN-T pipeline (n_fft 400, hop 160,
 80 HTK mels, piecewise-linear log), normalized by mean and std over 500 training utterances.
 
@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from streamformer.train.corpora.prepare import Example, prepare_examples
+from streamformer.train.corpora.synth import ALPHABET, VOCABULARY, SynthConfig, generate_split
+from streamformer.train.loop.batches import batches, make_buckets
 
 from streamformer.emformer import Emformer
-from train.data import Example, batches, make_buckets, prepare_examples
-from train.synth import ALPHABET, VOCABULARY, SynthConfig, generate_split
 
 
 def _mel_filterbank(n_mels: int = 80, n_fft: int = 400, sample_rate: int = 16000) -> np.ndarray:

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # noqa: E402
-
-from train import synth  # noqa: E402
-from train.batch_transcribe import transcribe_features  # noqa: E402
-from train.evaluate import error_rates  # noqa: E402
+import numpy as np
+from streamformer.train.commands.batch_transcribe import transcribe_features
+from streamformer.train.corpora import synth
+from streamformer.train.evaluation import error_rates
 
 
 def true_word_starts(config: synth.SynthConfig, split: str, index: int) -> tuple[list[str], list[float]]:
@@ -37,7 +33,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--endpoint", type=int, default=0, help="only: N test utterances joined by silence")
     args = parser.parse_args()
-    from train.run import Run, config_for
+    from streamformer.train.workdir import Run, config_for
 
     run = Run(config_for(args.workdir), Path(args.workdir))
     run.load_frontend()
@@ -96,6 +92,8 @@ def endpoint_check(run, model, variables, count: int, silence_seconds: float = 1
     """``count`` test utterances joined by ``silence_seconds`` of silence, streamed with endpoint_step
     (trailing silence of 0.8 s after a token ends an utterance; the encoder state carries on): the cuts and
     each piece's text against the utterance decoded alone (offline greedy)."""
+    from streamformer.train.corpora.prepare import log_mel_features, normalize
+
     from streamformer.decoding import (
         EndpointConfig,
         EndpointRule,
@@ -104,7 +102,6 @@ def endpoint_check(run, model, variables, count: int, silence_seconds: float = 1
         endpoint_step,
         greedy_search,
     )
-    from train.prepare import log_mel_features, normalize
 
     config = synth.SynthConfig(seed=run.config.data.synth_seed)
     utterances = [synth.synthesize(config, "test", i) for i in range(count)]

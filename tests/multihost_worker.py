@@ -18,8 +18,9 @@ import jax
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
 
-from train import checkpoint, evaluate, multihost, trainer  # noqa: E402
-from train.__main__ import _parser, _setup_jax, cmd_fit  # noqa: E402
+from streamformer.train import evaluation as evaluate  # noqa: E402
+from streamformer.train.__main__ import _parser, _setup_jax, cmd_fit  # noqa: E402
+from streamformer.train.loop import checkpoint, multihost, trainer  # noqa: E402
 
 workdir, process_id, num_processes, port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 overrides = json.loads(sys.argv[5])

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from streamformer.train import config as config_lib
+from streamformer.train.__main__ import main as cli
+from streamformer.train.corpora import prepare, screen, synth
 
 from streamformer.text import train_bpe
 from tests.test_train import MICRO
-from train import config as config_lib
-from train import prepare, screen, synth
-from train.__main__ import main as cli
 
 GOOD = 16
 
@@ -54,7 +54,7 @@ def config_for(corpus: Path, tokenizer: Path, *extra: str) -> config_lib.Config:
 def test_unusable_utterances_are_skipped_and_named(corpus, tmp_path, caplog):
     root, tokenizer, reasons = corpus
     reports = {}
-    with caplog.at_level(logging.WARNING, logger="train.screen"):
+    with caplog.at_level(logging.WARNING, logger="streamformer.train.corpora.screen"):
         examples, _, _ = prepare.prepare_split(
             config_for(root, tokenizer), tmp_path, "train", reports=reports
         )

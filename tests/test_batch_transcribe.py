@@ -12,11 +12,16 @@ import jax
 import numpy as np
 import pytest
 import soundfile
+from streamformer.train.commands.batch_transcribe import (
+    add_arguments,
+    cmd_batch_transcribe,
+    read_manifest,
+    transcribe_features,
+)
 
 from streamformer.features import GlobalStats
 from streamformer.rnnt import emformer_rnnt_model
 from tests.rnnt_cases import TINY_RNNT, V
-from train.batch_transcribe import add_arguments, cmd_batch_transcribe, read_manifest, transcribe_features
 
 PIECES = ["\u2581a", "b", "\u2581c", "d", "\u2581e", "f", "g", "\u2581h", "i", "\u2581j"]
 assert len(PIECES) == V - 1
@@ -107,8 +112,13 @@ def test_batch_mode_end_to_end(model_and_variables, tmp_path, capsys):
 
 def test_exported_artifact_transcribes_like_the_checkpoint(model_and_variables, tmp_path, capsys):
     """``python -m train export`` then ``transcribe --exported``: the same JSON lines as the live model."""
+    from streamformer.train.commands.batch_transcribe import (
+        add_export_arguments,
+        cmd_transcribe_exported,
+        export_checkpoint,
+    )
+
     from streamformer.text import Tokenizer, train_bpe
-    from train.batch_transcribe import add_export_arguments, cmd_transcribe_exported, export_checkpoint
 
     model, variables = model_and_variables
     tokenizer = Tokenizer(

@@ -1,9 +1,8 @@
-"""Readers (LibriSpeech layout, JSON-lines manifests), audio loading, bucketed batching, SpecAugment and the
-espeak-ng builder, on small synthetic trees written to temporary folders."""
+"""Readers (LibriSpeech layout, JSON-lines manifests), audio loading, bucketed batching and SpecAugment, on
+small synthetic trees written to temporary folders."""
 
 import json
 import logging
-import shutil
 from functools import partial
 
 import jax
@@ -11,23 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
-
-from train import data
-from train.data import (
-    AudioEntry,
-    EspeakNotFoundError,
-    batches,
-    build_espeak_librispeech,
-    list_librispeech,
-    load_audio,
-    make_buckets,
-    plan_batches,
-    prepare_examples,
-    read_manifest,
-    resample,
-    spec_augment,
-)
-from train.synth import ALPHABET, SynthConfig, generate_split, write_librispeech
+from streamformer.train.corpora.audio import list_librispeech, load_audio, read_manifest, resample
+from streamformer.train.corpora.prepare import prepare_examples
+from streamformer.train.corpora.synth import ALPHABET, SynthConfig, generate_split, write_librispeech
+from streamformer.train.loop.batches import batches, make_buckets, plan_batches, spec_augment
 
 CONFIG = SynthConfig(seed=11)
 
@@ -132,7 +118,7 @@ def test_load_audio_resamples_and_downmixes(tmp_path, caplog):
     stereo = np.stack([tone, 0.5 * tone], axis=1)
     path = tmp_path / "tone.wav"
     soundfile.write(path, stereo, 22050, subtype="FLOAT")
-    with caplog.at_level(logging.INFO, logger="train.data"):
+    with caplog.at_level(logging.INFO, logger="streamformer.train.corpora.audio"):
         audio = load_audio(path, 16000)
     assert "resampling" in caplog.text and "22050 Hz to 16000 Hz" in caplog.text
     assert audio.shape == (16000,) and audio.dtype == np.float32
@@ -287,27 +273,3 @@ def test_spec_augment_with_zero_masks_is_identity():
     np.testing.assert_array_equal(np.asarray(out), np.asarray(features))
     with pytest.raises(ValueError, match="lengths: expected shape"):
         spec_augment(jax.random.key(0), features, jnp.array([6]))
-
-
-# ----------------------------------------------------------------------------------------------------
-# espeak-ng.
-
-
-def test_espeak_builder_says_what_to_do_when_espeak_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(data.shutil, "which", lambda name: None)
-    with pytest.raises(EspeakNotFoundError, match="espeak-ng was not found on PATH.*train.synth"):
-        build_espeak_librispeech(tmp_path / "espeak", ["hello world"])
-    assert not (tmp_path / "espeak").exists()
-
-
-def test_espeak_builder_on_this_machine(tmp_path):
-    sentences = ["hello world", "the quick brown fox"]
-    if shutil.which("espeak-ng") is None:
-        with pytest.raises(EspeakNotFoundError, match="apt-get install espeak-ng"):
-            build_espeak_librispeech(tmp_path / "espeak", sentences)
-        return
-    root = build_espeak_librispeech(tmp_path / "espeak", sentences)
-    entries = list_librispeech(root)
-    assert sorted(e.text for e in entries) == sorted(sentences)
-    assert all(load_audio(e.path).size > 1600 for e in entries)
-    assert isinstance(entries[0], AudioEntry)

@@ -7,9 +7,8 @@ import re
 import numpy as np
 import pytest
 import soundfile
-
-from train import data as data_lib
-from train.espeak import (
+from streamformer.train.corpora import audio as data_lib
+from streamformer.train.corpora.espeak import (
     UNSEEN_VARIANTS,
     EspeakCorpusConfig,
     EspeakEngine,

@@ -16,10 +16,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from streamformer.train.__main__ import main as cli
+from streamformer.train.loop import integrity
 
 from tests.test_train import FIT, final_params, micro_config, run_cli, step_losses
-from train import integrity
-from train.__main__ import main as cli
 
 STEPS = 20
 FIT_ARGS = [a if a != "loop.steps=40" else f"loop.steps={STEPS}" for a in FIT] + [
@@ -205,7 +205,7 @@ def test_fit_resumes_from_the_newest_intact_checkpoint(damaged_copy, cache, stra
 
 
 def test_preemption_guard_turns_sigterm_into_a_request_and_restores_the_handler():
-    from train.preemption import PreemptionGuard
+    from streamformer.train.loop.preemption import PreemptionGuard
 
     before = signal.getsignal(signal.SIGTERM)
     with PreemptionGuard() as guard:
@@ -217,7 +217,7 @@ def test_preemption_guard_turns_sigterm_into_a_request_and_restores_the_handler(
 
 
 def test_checkpoints_from_before_manifests_are_read_unverified(tmp_path, straight):
-    from train.checkpoint import Checkpoints
+    from streamformer.train.loop.checkpoint import Checkpoints
 
     workdir = tmp_path / "old"
     shutil.copytree(straight, workdir)

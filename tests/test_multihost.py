@@ -14,9 +14,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from streamformer.train.loop import integrity
 
 from tests.test_train import MICRO, final_params, micro_config, step_losses
-from train import integrity
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multihost_worker.py"

@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 import soundfile
-
-from train.__main__ import main as cli
-from train.espeak import EspeakCorpusConfig, build_corpus
+from streamformer.train.__main__ import main as cli
+from streamformer.train.corpora.espeak import EspeakCorpusConfig, build_corpus
 
 # A small, easy build: short sentences, two accents, three variants, clean audio.
 CORPUS = EspeakCorpusConfig(

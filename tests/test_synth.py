@@ -8,8 +8,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
-
-from train.synth import (
+from streamformer.train.corpora.synth import (
     ALPHABET,
     VOCABULARY,
     SynthConfig,

@@ -19,13 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from streamformer.train import config as config_lib
+from streamformer.train.__main__ import main as cli
+from streamformer.train.evaluation import edit_distance, error_rates
+from streamformer.train.loop.checkpoint import CheckpointMismatchError, Checkpoints
+from streamformer.train.loop.step import init_state, make_optimizer, make_train_step
 
 from streamformer.decoding import stream_segments
-from train import config as config_lib
-from train.__main__ import main as cli
-from train.checkpoint import CheckpointMismatchError, Checkpoints
-from train.evaluate import edit_distance, error_rates
-from train.trainer import init_state, make_optimizer, make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def step_losses(workdir: Path) -> dict[int, float]:
 
 
 def final_params(workdir: Path, config: config_lib.Config):
-    from train.run import Run
+    from streamformer.train.workdir import Run
 
     run = Run(config, workdir)
     run.load_frontend()
@@ -162,7 +162,7 @@ def test_stream_segments_take_the_look_ahead_after_the_valid_frames():
 @pytest.fixture(scope="module")
 def step_setup():
     config = micro_config("data.spec_augment=false", "model.transformer_dropout=0", "model.lstm_dropout=0")
-    from train.trainer import build_model
+    from streamformer.train.loop.step import build_model
 
     model = build_model(config.model, 25)
     optimizer = make_optimizer(config.optim, 100)
@@ -217,8 +217,9 @@ def test_conv_emformer_bfloat16_step_runs(step_setup):
         "model.kind=conv_emformer",
         "model.transformer_kernel_size=3",
     )
+    from streamformer.train.loop.step import build_model
+
     from streamformer.rnnt import ConvEmformerTranscriber
-    from train.trainer import build_model
 
     _, _, _, batch = step_setup
     model = build_model(config.model, 25)
@@ -242,7 +243,7 @@ def test_pruned_loss_step_trains(step_setup):
         "optim.lr=3e-3",
         "optim.warmup_steps=1",
     )
-    from train.trainer import build_model
+    from streamformer.train.loop.step import build_model
 
     _, _, _, batch = step_setup
     with pytest.raises(ValueError, match=r"optim.loss: \"pruned\" needs the simple-loss projections"):
@@ -258,7 +259,7 @@ def test_pruned_loss_step_trains(step_setup):
         assert bool(metrics["finite"])
         losses.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-    from train.trainer import make_eval_loss
+    from streamformer.train.loop.step import make_eval_loss
 
     loss_sum, count = jax.jit(make_eval_loss(model, config, blank=24))(state.params, batch)
     assert np.isfinite(float(loss_sum)) and float(count) == 3
@@ -286,7 +287,7 @@ def test_eval_and_transcribe_cli(trained, capsys, tmp_path):
     assert all(0.0 <= r["wer"] and 0.0 <= r["cer"] for r in results)
     assert (workdir / "eval_step40.json").exists()
 
-    from train import synth
+    from streamformer.train.corpora import synth
 
     utterance = synth.synthesize(synth.SynthConfig(), "test", 0)
     synth.write_librispeech([utterance], tmp_path / "audio", audio_format="wav")
@@ -298,8 +299,8 @@ def test_eval_and_transcribe_cli(trained, capsys, tmp_path):
 
 def test_resume_with_other_model_is_refused(trained):
     workdir, config = trained
-    from train.run import Run
-    from train.run import must_match as _must_match
+    from streamformer.train.workdir import Run
+    from streamformer.train.workdir import must_match as _must_match
 
     other = config_lib.apply_overrides(config, ["model.transformer_num_layers=2"])
     run = Run(other, workdir)
@@ -316,7 +317,7 @@ def test_resume_with_other_model_is_refused(trained):
 
 def test_config_that_does_not_fit_the_data(trained):
     workdir, config = trained
-    from train.run import Run
+    from streamformer.train.workdir import Run
 
     run = Run(config_lib.apply_overrides(config, ["model.num_symbols=10"]), workdir)
     run.load_frontend()
@@ -363,8 +364,10 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path, cache, trained):
 FOUR_DEVICES = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from train import config as config_lib, prepare
-    from train.trainer import build_model, fit
+    from streamformer.train import config as config_lib
+    from streamformer.train.corpora import prepare
+    from streamformer.train.loop.step import build_model
+    from streamformer.train.loop.trainer import fit
     from pathlib import Path
     overrides, workdir = json.loads(sys.argv[1]), Path(sys.argv[2])
     config = config_lib.apply_overrides(config_lib.preset("tiny"), overrides)

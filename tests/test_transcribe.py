@@ -7,19 +7,19 @@ import jax
 import numpy as np
 import pytest
 import soundfile
-
-from streamformer.decoding import stream_segments
-from streamformer.features import GlobalStats, log_mel_spectrogram
-from streamformer.text import Tokenizer, train_bpe
-from train import config as config_lib
-from train.trainer import build_model
-from train.transcribe import (
+from streamformer.train import config as config_lib
+from streamformer.train.commands.transcribe import (
     AudioInputError,
     read_audio,
     stream_chunks,
     stream_features,
     transcribe_files,
 )
+from streamformer.train.loop.step import build_model
+
+from streamformer.decoding import stream_segments
+from streamformer.features import GlobalStats, log_mel_spectrogram
+from streamformer.text import Tokenizer, train_bpe
 
 
 def _tone(seconds: float, rate: int, channels: int = 1) -> np.ndarray:

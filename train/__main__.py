@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from train.run import Run, config_for, eval_split, must_match, print_rates
-from train.run import say as _say
+from .workdir import Run, config_for, eval_split, must_match, print_rates
+from .workdir import say as _say
 
 __all__ = ["main"]
 
@@ -55,8 +55,9 @@ def _config_for(args):
 
 
 def cmd_fit(args) -> dict:
-    from train import prepare
-    from train.trainer import fit
+    from .corpora import prepare
+    from .loop.batches import bucket_frames_for
+    from .loop.trainer import fit
 
     config = _config_for(args)
     workdir = Path(args.workdir)
@@ -78,7 +79,7 @@ def cmd_fit(args) -> dict:
         workdir,
         model,
         train_examples,
-        prepare.bucket_frames_for(config, train_examples),
+        bucket_frames_for(config, train_examples),
         blank=run.tokenizer.blank_id,
         must_match=must_match(config, run.num_symbols),
         on_eval=on_eval,
@@ -111,7 +112,7 @@ def cmd_fit(args) -> dict:
 
 
 def cmd_eval(args) -> dict:
-    from train.trainer import save_json
+    from .loop.metrics import save_json
 
     run = Run(_config_for(args), Path(args.workdir))
     run.load_frontend()
@@ -133,13 +134,13 @@ def cmd_eval(args) -> dict:
 
 
 def cmd_transcribe(args) -> dict:
-    from train.transcribe import enable_compilation_cache, transcribe_files
+    from .commands.transcribe import enable_compilation_cache, transcribe_files
 
     if not args.files and not args.manifest:
         raise ValueError("files: expected audio files or --manifest FILE.jsonl, got neither")
     cache = enable_compilation_cache(args.compilation_cache)
     if args.exported:  # an exported artifact: no workdir, no checkpoint (train/batch_transcribe.py)
-        from train.batch_transcribe import cmd_transcribe_exported
+        from .commands.batch_transcribe import cmd_transcribe_exported
 
         return cmd_transcribe_exported(args)
     run = Run(_config_for(args), Path(args.workdir))
@@ -147,7 +148,7 @@ def cmd_transcribe(args) -> dict:
     model, variables, _ = run.restore_variables(args.step)
     _say(f"compilation cache: {cache}")
     if args.out or args.manifest:  # batch mode: train/batch_transcribe.py
-        from train.batch_transcribe import cmd_batch_transcribe
+        from .commands.batch_transcribe import cmd_batch_transcribe
 
         return cmd_batch_transcribe(run, model, variables, args)
     transcripts, errors = transcribe_files(run, model, variables, args.files, args.beam)
@@ -160,7 +161,7 @@ def cmd_transcribe(args) -> dict:
 
 def cmd_export(args) -> dict:
     """A checkpoint's decoding as a jax.export artifact (train/batch_transcribe.py)."""
-    from train.batch_transcribe import export_checkpoint
+    from .commands.batch_transcribe import export_checkpoint
 
     run = Run(_config_for(args), Path(args.workdir))
     run.load_frontend()
@@ -171,9 +172,10 @@ def cmd_export(args) -> dict:
 def cmd_stats(args) -> dict:
     """Global feature statistics (torchaudio's global_stats.json format) of a dataset's train split."""
     from streamformer.features import compute_global_stats
-    from train.config import DataConfig
-    from train.data import audio_of
-    from train.prepare import load_corpus, log_mel_features
+
+    from .config import DataConfig
+    from .corpora.audio import audio_of
+    from .corpora.prepare import load_corpus, log_mel_features
 
     data = DataConfig(train=args.data, synth_sizes=(args.synth_size, 0, 0))
     items = load_corpus(data, "train")
@@ -194,14 +196,14 @@ MAIN_DEFAULTS = {
 def cmd_main(args) -> dict:
     """The main job: the embedded dataset, a small Emformer RNN-T trained on it, its test WER (offline and
     streaming), a checkpoint, and one test file transcribed as a stream."""
-    from train import synth
-    from train.trainer import save_json
+    from .corpora import synth
+    from .loop.metrics import save_json
 
     data_defaults = MAIN_DEFAULTS[args.data]
     args.workdir = args.workdir or data_defaults["workdir"]
     args.time_limit = data_defaults["time_limit"] if args.time_limit is None else args.time_limit
     if args.data == "espeak":
-        from train.recipe import run_speech_job
+        from .commands.speech_job import run_speech_job
 
         return run_speech_job(args)
     started, cpu_started = time.perf_counter(), _cpu_seconds()
@@ -232,7 +234,7 @@ def cmd_main(args) -> dict:
         synth.write_librispeech([utterance], audio_dir)
     audio_path = next(audio_dir.rglob(f"{utterance.id}.flac"))
     _say(f"streaming {audio_path} (reference: {utterance.text!r})")
-    from train.transcribe import transcribe_file
+    from .commands.transcribe import transcribe_file
 
     summary["transcribe"] = {
         "file": str(audio_path),
@@ -320,14 +322,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     transcribe.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
     transcribe.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    from train.batch_transcribe import add_arguments as add_batch_arguments
+    from .commands.batch_transcribe import add_arguments as add_batch_arguments
 
     add_batch_arguments(transcribe)
 
     export = commands.add_parser("export", help="export a checkpoint's decoding (jax.export artifact)")
     common(export)
     export.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    from train.batch_transcribe import add_export_arguments
+    from .commands.batch_transcribe import add_export_arguments
 
     add_export_arguments(export)
 

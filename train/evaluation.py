@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from streamformer.decoding import StreamingDecoder, beam_search, greedy_search, stream_segments
 from streamformer.rnnt import RNNT
 from streamformer.text import Tokenizer
-from train import data as data_lib
+
+from .corpora.prepare import Example
+from .loop.batches import batches
 
 __all__ = ["edit_distance", "error_rates", "decode", "evaluate"]
 
@@ -50,7 +52,7 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
 def decode(
     model: RNNT,
     variables,
-    examples: Sequence[data_lib.Example],
+    examples: Sequence[Example],
     tokenizer: Tokenizer,
     *,
     batch_size: int = 32,
@@ -66,9 +68,7 @@ def decode(
         buckets.append(-(-longest // S) * S)
     blank = tokenizer.blank_id
     texts: dict[str, str] = {}
-    for batch in data_lib.batches(
-        examples, batch_size, buckets, shuffle=False, drop_last=False, right_pad_frames=R
-    ):
+    for batch in batches(examples, batch_size, buckets, shuffle=False, drop_last=False, right_pad_frames=R):
         if streaming:
             decoder = StreamingDecoder(
                 model, variables, greedy=beam_width == 0, beam_width=max(beam_width, 1), blank=blank
@@ -94,7 +94,7 @@ def decode(
 def evaluate(
     model: RNNT,
     variables,
-    examples: Sequence[data_lib.Example],
+    examples: Sequence[Example],
     tokenizer: Tokenizer,
     *,
     batch_size: int = 32,

@@ -20,7 +20,7 @@ def say(message: str) -> None:
 def config_for(workdir, preset_name: str | None = None, overrides: list[str] | None = None):
     """A run's config: the workdir's config.json when resuming (no preset named), else the preset (default
     tiny); then ``--set`` overrides."""
-    from train.config import apply_overrides, from_dict, preset
+    from .config import apply_overrides, from_dict, preset
 
     stored = Path(workdir) / "config.json"
     if preset_name is None and stored.exists():
@@ -45,7 +45,7 @@ class Run:
         self.reports: dict = {}  # split -> screen.DataReport (the utterances skipped as unusable)
 
     def prepare(self, split: str) -> list:
-        from train import prepare
+        from .corpora import prepare
 
         if split not in self.examples:
             started = time.perf_counter()
@@ -59,19 +59,19 @@ class Run:
         return self.examples[split]
 
     def load_frontend(self) -> None:
-        from train import prepare
+        from .corpora import prepare
 
         self.tokenizer = prepare.tokenizer_for(self.config, self.workdir, None)
         self.stats = prepare.global_stats_for(self.config, self.workdir, None)
 
     @property
     def num_symbols(self) -> int:
-        from train import prepare
+        from .corpora import prepare
 
         return prepare.check_fits(self.config, self.tokenizer, self.stats)
 
     def model(self):
-        from train.trainer import build_model
+        from .loop.step import build_model
 
         return build_model(
             self.config.model, self.num_symbols, simple_loss_projections=self.config.optim.loss == "pruned"
@@ -81,8 +81,9 @@ class Run:
         """The parameters of checkpoint ``step`` (default: the latest) as model variables."""
         import jax
 
-        from train.checkpoint import Checkpoints, abstract_like
-        from train.trainer import Mesh1D, init_state, make_optimizer
+        from .loop.checkpoint import Checkpoints, abstract_like
+        from .loop.mesh import Mesh1D
+        from .loop.step import init_state, make_optimizer
 
         model = self.model()
         optimizer = make_optimizer(self.config.optim, self.config.loop.steps)
@@ -102,8 +103,8 @@ class Run:
 def eval_split(run: Run, model, variables, split: str, beam: int, streaming: bool, limit: int | None) -> dict:
     """Error rates (and five examples) of decoding ``split`` (its first ``limit`` utterances): greedy (beam 0)
     or beam search, offline or streaming; gathered over processes when there are several."""
-    from train.multihost import evaluate  # one process: train.evaluate.evaluate; several: gathered
-    from train.prepare import bucket_frames_for
+    from .loop.batches import bucket_frames_for
+    from .loop.multihost import evaluate  # one process: evaluation.evaluate; several: gathered
 
     examples = run.prepare(split)[: limit or None]
     started = time.perf_counter()

@@ -201,8 +201,8 @@ def transcribe_features(
 
 def cmd_batch_transcribe(run, model, variables, args) -> dict:
     """The transcribe command's batch mode (``--out`` or ``--manifest``)."""
-    from train.data import load_audio
-    from train.prepare import log_mel_features, normalize
+    from ..corpora.audio import load_audio
+    from ..corpora.prepare import log_mel_features, normalize
 
     items = _items(args)
     search = args.search or ("greedy" if args.beam == 0 else "beam")
@@ -300,8 +300,9 @@ def cmd_transcribe_exported(args) -> dict:
     exported artifact (its offline program, tokenizer and statistics; no checkpoint, no model code)."""
     from streamformer.decoding.exported_runtime import load_exported
     from streamformer.decoding.timestamps import word_times
-    from train.data import load_audio
-    from train.prepare import log_mel_features
+
+    from ..corpora.audio import load_audio
+    from ..corpora.prepare import log_mel_features
 
     items = _items(args)
     started = time.perf_counter()

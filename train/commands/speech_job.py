@@ -21,11 +21,13 @@ __all__ = ["run_speech_job"]
 
 def run_speech_job(args) -> dict:
     """The job behind ``main --data espeak``; ``args`` are the main command's parsed arguments."""
-    from train import espeak, prepare
-    from train.config import apply_overrides, from_dict, preset
-    from train.run import Run, eval_split, must_match, say
-    from train.trainer import fit, save_json
-    from train.transcribe import transcribe_file
+    from ..config import apply_overrides, from_dict, preset
+    from ..corpora import espeak, prepare
+    from ..loop.batches import bucket_frames_for
+    from ..loop.metrics import save_json
+    from ..loop.trainer import fit
+    from ..workdir import Run, eval_split, must_match, say
+    from .transcribe import transcribe_file
 
     started = time.perf_counter()
     workdir = Path(args.workdir)
@@ -88,7 +90,7 @@ def run_speech_job(args) -> dict:
         workdir,
         model,
         train_examples,
-        prepare.bucket_frames_for(config, train_examples),
+        bucket_frames_for(config, train_examples),
         blank=run.tokenizer.blank_id,
         must_match=must_match(config, run.num_symbols),
         on_eval=on_eval if config.loop.eval_every else None,
@@ -150,9 +152,9 @@ def run_speech_job(args) -> dict:
 
 
 def unseen_run_entries(corpus: Path):
-    from train import data as data_lib
+    from ..corpora.audio import read_manifest
 
-    return data_lib.read_manifest(corpus / "test-unseen.jsonl")
+    return read_manifest(corpus / "test-unseen.jsonl")
 
 
 def _rates_line(rates: dict) -> str:

@@ -65,8 +65,8 @@ def read_audio(path: str | os.PathLike, block_frames: int = 1 << 20) -> tuple[np
     Reads block by block (long files never exist twice in memory at their original channel count). Raises
     AudioInputError naming the file: no such file, a folder, an empty file, or one soundfile cannot decode.
     """
-    from train.data import resample
-    from train.synth import import_soundfile
+    from ..corpora.audio import resample
+    from ..corpora.synth import import_soundfile
 
     sf = import_soundfile()
     path = Path(path)
@@ -169,7 +169,8 @@ def transcribe_file(run, model, variables, path: str, beam: int = 0, out: TextIO
     """Streams one audio file through the model, printing partial transcripts as segments arrive; the final
     transcript. Raises AudioInputError (naming the file) for a file that cannot be read."""
     from streamformer.decoding import StreamingDecoder
-    from train.prepare import normalize
+
+    from ..corpora.prepare import normalize
 
     out = out or sys.stdout
     audio, notes = read_audio(path)

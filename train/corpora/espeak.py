@@ -32,7 +32,7 @@ library, with rand() seeded per utterance, so the corpus is a pure function of t
 of cores.
 
 Example:
-    >>> from train.espeak import EspeakCorpusConfig, build_corpus
+    >>> from streamformer.train.corpora.espeak import EspeakCorpusConfig, build_corpus
     >>> build_corpus("data/espeak", EspeakCorpusConfig(seed=0))    # then data.train=data/espeak/train, ...
 """
 
@@ -525,7 +525,7 @@ def _render_shard(specs: list[_Spec], config: EspeakCorpusConfig, staging: str) 
     """Synthesise, degrade and write one shard's utterances (in a fresh process); their metadata."""
     import soundfile
 
-    from train.data import resample
+    from .audio import resample
 
     engine = EspeakEngine(fresh=True)
     try:

@@ -9,26 +9,30 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from streamformer.features import GlobalStats, compute_global_stats, frame_lengths, log_mel_spectrogram
 from streamformer.text import Tokenizer, train_bpe
-from train import data as data_lib
-from train import screen, synth
-from train.config import Config, DataConfig
+
+from ..config import Config, DataConfig
+from . import audio, screen, synth
 
 __all__ = [
+    "Example",
+    "prepare_examples",
+    "check_finite",
     "load_corpus",
     "log_mel_features",
     "tokenizer_for",
     "global_stats_for",
     "make_examples",
     "normalize",
-    "bucket_frames_for",
     "normalize_text",
 ]
 
@@ -37,13 +41,47 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 
 
+@dataclass(frozen=True)
+class Example:
+    """One featurized, tokenized utterance: features (T, F) float32 and targets (U,) int32."""
+
+    id: str
+    text: str
+    features: np.ndarray
+    targets: np.ndarray
+
+
+def prepare_examples(
+    items: Iterable[audio.AudioEntry | synth.Utterance],
+    featurize: Callable[[np.ndarray], np.ndarray],
+    encode: Callable[[str], Sequence[int]],
+    *,
+    sample_rate: int = 16000,
+) -> list[Example]:
+    """Load (AudioEntry) or take (Utterance, already at ``sample_rate``) the audio, featurize and tokenize it.
+
+    featurize: (N,) float32 waveform -> (T, F) features, e.g. streamformer's log-mel front end.
+    encode: text -> token ids (e.g. a sentencepiece model's encode).
+    """
+    examples = []
+    for item in items:
+        features = np.asarray(featurize(audio.audio_of(item, sample_rate)), dtype=np.float32)
+        if features.ndim != 2 or features.shape[0] == 0:
+            raise ValueError(
+                f"featurize: expected (T, F) features with T >= 1 for {item.id}, got {features.shape}"
+            )
+        targets = np.asarray(encode(item.text), dtype=np.int32).reshape(-1)
+        examples.append(Example(id=item.id, text=item.text, features=features, targets=targets))
+    return examples
+
+
 def normalize_text(text: str) -> str:
     """Transcripts are lowercased, as torchaudio's LibriSpeech recipe does."""
     return " ".join(text.lower().split())
 
 
 def load_corpus(data: DataConfig, split: str) -> list:
-    """The utterances of ``split``: synth.Utterance (in memory) for "synth", else data.AudioEntry."""
+    """The utterances of ``split``: synth.Utterance (in memory) for "synth", else audio.AudioEntry."""
     spec = getattr(data, split)
     if spec == "synth":
         return _synthesize(
@@ -51,9 +89,9 @@ def load_corpus(data: DataConfig, split: str) -> list:
         )
     path = Path(spec)
     if path.is_dir():
-        return data_lib.list_librispeech(path)
+        return audio.list_librispeech(path)
     if path.is_file():
-        return data_lib.read_manifest(path)
+        return audio.read_manifest(path)
     raise FileNotFoundError(
         f"data.{split}: expected 'synth', a LibriSpeech folder or a JSON-lines manifest, "
         f"got {spec!r} (no such file or folder)"
@@ -117,7 +155,7 @@ def _usable_features(items: list, report: screen.DataReport) -> tuple[list, list
     80 values per 160 samples), not its waveforms: 100 h of LibriSpeech would otherwise hold 23 GB of audio."""
     kept, features = [], []
     for begin in range(0, len(items), FEATURE_CHUNK):
-        usable, audios = screen.load_audios(items[begin : begin + FEATURE_CHUNK], data_lib.audio_of, report)
+        usable, audios = screen.load_audios(items[begin : begin + FEATURE_CHUNK], audio.audio_of, report)
         kept += usable
         features += log_mel_features(audios)
     return kept, features
@@ -155,12 +193,12 @@ def normalize(features: np.ndarray, stats: GlobalStats) -> np.ndarray:
 
 def make_examples(
     items: list, features: list[np.ndarray], stats: GlobalStats, tokenizer: Tokenizer
-) -> list[data_lib.Example]:
+) -> list[Example]:
     examples = []
     for item, feats in zip(items, features, strict=True):
         text = normalize_text(item.text)
         examples.append(
-            data_lib.Example(
+            Example(
                 id=item.id,
                 text=text,
                 features=normalize(feats, stats),
@@ -177,7 +215,7 @@ def prepare_split(
     tokenizer: Tokenizer | None = None,
     stats: GlobalStats | None = None,
     reports: dict | None = None,
-) -> tuple[list[data_lib.Example], Tokenizer, GlobalStats]:
+) -> tuple[list[Example], Tokenizer, GlobalStats]:
     """Examples of ``split``; for "train" the tokenizer and stats are made when the workdir has none.
 
     Unusable utterances (undecodable, empty or silent audio; a transcript the tokenizer cannot encode) are
@@ -217,13 +255,7 @@ def check_fits(config: Config, tokenizer: Tokenizer, stats: GlobalStats) -> int:
     return num_symbols
 
 
-def bucket_frames_for(config: Config, examples: list[data_lib.Example]) -> list[int]:
-    """Bucket sizes as whole numbers of segments, so each bucket is one compiled shape of whole segments."""
-    lengths = [e.features.shape[0] for e in examples]
-    return data_lib.make_buckets(lengths, config.data.num_buckets, config.model.segment_length)
-
-
-def check_finite(examples: list[data_lib.Example], split: str) -> None:
+def check_finite(examples: list[Example], split: str) -> None:
     bad = [e.id for e in examples if not np.isfinite(e.features).all()]
     if bad:
         logger.warning(

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from train import integrity
+from . import integrity
 
 __all__ = ["CheckpointMismatchError", "Checkpoints"]
 

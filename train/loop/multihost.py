@@ -1,6 +1,6 @@
 """Several processes (jax.distributed): what evaluation needs beyond the training step.
 
-Training shards each batch over the devices of every process (``trainer.Mesh1D``); evaluation decodes with
+Training shards each batch over the devices of every process (``mesh.Mesh1D``); evaluation decodes with
 per-process programs instead (beam and streaming search are sequential): each process decodes its share of
 the utterances (every n-th one) with its own copy of the parameters, and the transcripts are gathered with
 ``multihost_utils.process_allgather``, so every process reports the error rates of the whole split, the same
@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from train import evaluate as evaluate_lib
+from .. import evaluation as evaluate_lib
 
 __all__ = ["local_copy", "gather_strings", "share", "evaluate"]
 

@@ -1,0 +1,333 @@
+"""Batching examples into a few static shapes for jit: length buckets, per-epoch plans that are a pure
+function of (seed, epoch), padded batches, and SpecAugment.
+
+``batches`` groups examples of similar length into buckets and pads each batch to its bucket's shape, so a
+jitted train step compiles once per bucket; ``batch_stream`` is the trainer's endless (step, batch) stream,
+whose batch at step s depends on (seed, s) only, so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import Config
+from ..corpora.prepare import Example
+
+__all__ = [
+    "Batch",
+    "batch_stream",
+    "batches",
+    "bucket_frames_for",
+    "device_batch",
+    "make_buckets",
+    "plan_batches",
+    "spec_augment",
+]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded batch of static shape (one shape per bucket).
+
+    features: (B, T + P, F) float32; row b holds its feature_lengths[b] valid frames first, then zeros (or
+        pad_value). T is the bucket's frame count and P = right_pad_frames, so every sequence, even the
+        longest of its bucket, is followed by at least P padding frames: the right context of its last
+        segment.
+    feature_lengths: (B,) int32, valid frames per row (the P padding frames not counted).
+    targets: (B, U) int32 token ids, padded with target_pad_id after target_lengths[b].
+    target_lengths: (B,) int32.
+    valid: (B,) bool; False for the rows that fill a short final batch (copies of the batch's first example:
+        weight them out of the loss).
+    ids: the example ids, "" for fill rows.
+    """
+
+    features: np.ndarray
+    feature_lengths: np.ndarray
+    targets: np.ndarray
+    target_lengths: np.ndarray
+    valid: np.ndarray
+    ids: tuple[str, ...]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-int(value) // multiple) * multiple
+
+
+def make_buckets(lengths: Sequence[int] | np.ndarray, num_buckets: int, frame_multiple: int = 1) -> list[int]:
+    """Bucket sizes (frames) splitting ``lengths`` into about equally full buckets.
+
+    Sizes are the length quantiles k / num_buckets (k = 1..num_buckets) rounded up to ``frame_multiple``
+    (e.g. segment_length * time_reduction_stride, so each bucket is a whole number of segments); duplicates
+    merge, so fewer than num_buckets may come back. The last size covers the longest example.
+    """
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.size == 0:
+        raise ValueError(f"lengths: expected a non-empty 1-D sequence, got shape {lengths.shape}")
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets: expected >= 1, got {num_buckets}")
+    if frame_multiple < 1:
+        raise ValueError(f"frame_multiple: expected >= 1, got {frame_multiple}")
+    quantiles = np.quantile(lengths, np.arange(1, num_buckets + 1) / num_buckets, method="higher")
+    sizes = sorted({_round_up(max(q, 1), frame_multiple) for q in quantiles})
+    sizes[-1] = max(sizes[-1], _round_up(max(lengths.max(), 1), frame_multiple))
+    return sizes
+
+
+def _bucket_index(lengths: np.ndarray, bucket_frames: Sequence[int]) -> np.ndarray:
+    bounds = np.asarray(bucket_frames)
+    if bounds.ndim != 1 or bounds.size == 0 or np.any(np.diff(bounds) <= 0):
+        raise ValueError(f"bucket_frames: expected strictly increasing sizes, got {list(bucket_frames)}")
+    index = np.searchsorted(bounds, lengths, side="left")
+    too_long = index == bounds.size
+    if np.any(too_long):
+        raise ValueError(
+            f"bucket_frames: {int(too_long.sum())} example(s) are longer than the largest bucket "
+            f"({int(bounds[-1])} frames; longest {int(lengths.max())}): add a larger bucket or filter them"
+        )
+    return index
+
+
+def plan_batches(
+    lengths: Sequence[int] | np.ndarray,
+    batch_size: int,
+    bucket_frames: Sequence[int],
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = True,
+) -> list[np.ndarray]:
+    """The batches of one epoch as arrays of example indices, each within one bucket.
+
+    With shuffle, examples are shuffled within buckets and batches across buckets by a generator seeded with
+    (seed, epoch): the order is a pure function of its arguments, so a resumed run sees the same data. Without
+    shuffle, batches come bucket by bucket in index order. drop_last drops each bucket's short final batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    lengths = np.asarray(lengths)
+    bucket = _bucket_index(lengths, bucket_frames)
+    rng = np.random.default_rng([seed, epoch])
+    plan: list[np.ndarray] = []
+    for b in range(len(bucket_frames)):
+        members = np.flatnonzero(bucket == b)
+        if shuffle:
+            members = rng.permutation(members)
+        for start in range(0, members.size, batch_size):
+            chunk = members[start : start + batch_size]
+            if chunk.size == batch_size or not drop_last:
+                plan.append(chunk)
+    if shuffle:
+        plan = [plan[i] for i in rng.permutation(len(plan))]
+    return plan
+
+
+def batches(
+    examples: Sequence[Example],
+    batch_size: int,
+    bucket_frames: Sequence[int],
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    right_pad_frames: int = 0,
+    target_multiple: int = 8,
+    pad_value: float = 0.0,
+    target_pad_id: int = 0,
+    start: int = 0,
+    rows: slice | None = None,
+) -> Iterator[Batch]:
+    """Padded batches of one epoch (see ``plan_batches`` for the order), from batch number ``start`` on.
+
+    Shapes: features (B, bucket + right_pad_frames, F) and targets (B, U_bucket), where U_bucket is the
+    longest target among all examples of that bucket rounded up to target_multiple; so there is exactly one
+    shape per bucket and a jitted step compiles len(bucket_frames) times at most. A short final batch
+    (drop_last=False) is filled to batch_size with copies of its first example marked valid=False.
+
+    right_pad_frames: frames of pad_value after each row's valid frames and beyond the bucket (the right
+        context R of the last segment, in input frames: R * time_reduction_stride for an Emformer RNN-T).
+        streamformer's Emformer takes the features as (B, T + R, D) with lengths = valid frames (after time
+        reduction: feature_lengths // stride); torchaudio's counts the right context in its lengths.
+    rows: build only these rows of every batch (a process's share of the global batch, with several hosts):
+        the Batch then has rows.stop - rows.start rows, and only their examples are read.
+    """
+    if right_pad_frames < 0:
+        raise ValueError(f"right_pad_frames: expected >= 0, got {right_pad_frames}")
+    if target_multiple < 1:
+        raise ValueError(f"target_multiple: expected >= 1, got {target_multiple}")
+    if not examples:
+        raise ValueError("examples: expected at least one example, got none")
+    lengths = np.array([e.features.shape[0] for e in examples])
+    dims = {e.features.shape[1] for e in examples}
+    if len(dims) != 1:
+        raise ValueError(f"examples: expected one feature size F, got {sorted(dims)}")
+    (num_features,) = dims
+    bucket = _bucket_index(lengths, bucket_frames)
+    target_lengths = np.array([e.targets.size for e in examples])
+    bucket_targets = np.zeros(len(bucket_frames), dtype=int)
+    np.maximum.at(bucket_targets, bucket, target_lengths)
+    bucket_targets = [_round_up(max(u, 1), target_multiple) for u in bucket_targets]
+
+    plan = plan_batches(
+        lengths, batch_size, bucket_frames, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last
+    )
+    share = rows if rows is not None else slice(0, batch_size)
+    for indices in plan[start:]:
+        b = int(bucket[indices[0]])
+        all_rows = list(indices) + [indices[0]] * (batch_size - len(indices))
+        all_ids = tuple(examples[i].id for i in indices) + ("",) * (batch_size - len(indices))
+        rows_here = all_rows[share]
+        features = np.full(
+            (len(rows_here), bucket_frames[b] + right_pad_frames, num_features), pad_value, np.float32
+        )
+        targets = np.full((len(rows_here), bucket_targets[b]), target_pad_id, np.int32)
+        for r, i in enumerate(rows_here):
+            example = examples[i]
+            features[r, : lengths[i]] = example.features
+            targets[r, : target_lengths[i]] = example.targets
+        yield Batch(
+            features=features,
+            feature_lengths=lengths[rows_here].astype(np.int32),
+            targets=targets,
+            target_lengths=target_lengths[rows_here].astype(np.int32),
+            valid=(np.arange(batch_size) < len(indices))[share],
+            ids=all_ids[share],
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# SpecAugment.
+
+
+def spec_augment(
+    rng: jax.Array,
+    features: jax.Array,
+    lengths: jax.Array,
+    *,
+    num_freq_masks: int = 2,
+    freq_mask_width: int = 27,
+    num_time_masks: int = 2,
+    time_mask_width: int = 40,
+    max_time_mask_fraction: float = 1.0,
+    mask_value: float = 0.0,
+) -> jax.Array:
+    """SpecAugment's frequency and time masking of valid frames (jit-able; counts and widths are static).
+
+    Each frequency mask sets a band of w ~ U{0..freq_mask_width} channels to mask_value over the valid frames;
+    each time mask sets w ~ U{0..min(time_mask_width, max_time_mask_fraction * length)} valid frames (as
+    torchaudio's TimeMasking with p). Frames at and after lengths[b] (padding, right context) are untouched.
+
+    Args:
+        rng: a PRNG key.
+        features: (B, T, F).
+        lengths: (B,) valid frames per row.
+    Returns:
+        (B, T, F), the masked features.
+    """
+    if features.ndim != 3:
+        raise ValueError(f"features: expected shape (B, T, F), got {features.shape}")
+    batch, time, channels = features.shape
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths: expected shape ({batch},), got {lengths.shape}")
+    for name, value in (
+        ("num_freq_masks", num_freq_masks),
+        ("freq_mask_width", freq_mask_width),
+        ("num_time_masks", num_time_masks),
+        ("time_mask_width", time_mask_width),
+    ):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    if not 0.0 <= max_time_mask_fraction <= 1.0:
+        raise ValueError(f"max_time_mask_fraction: expected in [0, 1], got {max_time_mask_fraction}")
+    freq_width_key, freq_start_key, time_width_key, time_start_key = jax.random.split(rng, 4)
+    lengths = lengths.astype(jnp.int32)
+
+    def spans(width_key, start_key, count, max_width, extent):
+        # extent: (B, 1) room for the masks; widths ~ U{0..max_width}, starts ~ U{0..extent - width}.
+        width = jnp.floor(jax.random.uniform(width_key, (batch, count)) * (max_width + 1)).astype(jnp.int32)
+        width = jnp.minimum(width, extent)
+        begin = jnp.floor(jax.random.uniform(start_key, (batch, count)) * (extent - width + 1)).astype(
+            jnp.int32
+        )
+        return begin, begin + width
+
+    channel = jnp.arange(channels)
+    f_begin, f_end = spans(
+        freq_width_key, freq_start_key, num_freq_masks, freq_mask_width, jnp.full((batch, 1), channels)
+    )
+    freq_mask = jnp.any(
+        (channel[None, None] >= f_begin[..., None]) & (channel[None, None] < f_end[..., None]), axis=1
+    )
+
+    frame = jnp.arange(time)
+    max_time = jnp.minimum(time_mask_width, jnp.floor(max_time_mask_fraction * lengths).astype(jnp.int32))[
+        :, None
+    ]
+    t_begin, t_end = spans(time_width_key, time_start_key, num_time_masks, max_time, lengths[:, None])
+    time_mask = jnp.any(
+        (frame[None, None] >= t_begin[..., None]) & (frame[None, None] < t_end[..., None]), axis=1
+    )
+
+    valid = frame[None, :] < lengths[:, None]
+    masked = (freq_mask[:, None, :] | time_mask[:, :, None]) & valid[:, :, None]
+    return jnp.where(masked, jnp.asarray(mask_value, features.dtype), features)
+
+
+def bucket_frames_for(config: Config, examples: list[Example]) -> list[int]:
+    """Bucket sizes as whole numbers of segments, so each bucket is one compiled shape of whole segments."""
+    lengths = [e.features.shape[0] for e in examples]
+    return make_buckets(lengths, config.data.num_buckets, config.model.segment_length)
+
+
+def device_batch(batch: Batch) -> dict[str, np.ndarray]:
+    return {
+        "features": batch.features,
+        "feature_lengths": batch.feature_lengths,
+        "targets": batch.targets,
+        "target_lengths": batch.target_lengths,
+        "valid": batch.valid,
+    }
+
+
+def batch_stream(
+    examples,
+    config: Config,
+    bucket_frames: list[int],
+    right_pad: int,
+    start_step: int,
+    pad_id: int = 0,
+    rows: slice | None = None,
+) -> Iterator[tuple[int, Batch]]:
+    """(step, batch) from ``start_step`` on. The batch of step s is a pure function of (seed, s): epoch
+    s // batches_per_epoch, position s % batches_per_epoch of that epoch's plan. ``rows``: only these rows
+    of each batch (this process's share, ``Mesh1D.local_rows``)."""
+    data, seed = config.data, config.loop.seed
+    lengths = [e.features.shape[0] for e in examples]
+    per_epoch = len(plan_batches(lengths, data.batch_size, bucket_frames, seed=seed, epoch=0))
+    if per_epoch == 0:
+        raise ValueError(
+            f"data.batch_size: {data.batch_size} is more than any bucket holds "
+            f"({len(examples)} training utterances in {len(bucket_frames)} buckets)"
+        )
+    step = start_step
+    while True:
+        epoch, position = divmod(step, per_epoch)
+        for batch in batches(
+            examples,
+            data.batch_size,
+            bucket_frames,
+            seed=seed,
+            epoch=epoch,
+            right_pad_frames=right_pad,
+            target_pad_id=pad_id,
+            start=position,
+            rows=rows,
+        ):
+            yield step, batch
+            step += 1
