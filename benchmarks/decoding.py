@@ -49,6 +49,7 @@ def main() -> None:
     model = emformer_rnnt_base(V)
     if use_torch:
         import torch
+
         from streamformer.convert import from_torchaudio, reference
 
         torch.set_num_threads(2)

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from _timing import median_time
-from streamformer.convert import reference
 
 from streamformer import ConvEmformer, Emformer, convert
+from streamformer.convert import reference
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 

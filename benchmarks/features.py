@@ -16,9 +16,9 @@ import types
 import jax
 import numpy as np
 import torch
-from streamformer.convert import reference
 
 from streamformer import features as F
+from streamformer.convert import reference
 
 
 def _interleaved(fns, repeats):

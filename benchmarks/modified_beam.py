@@ -48,6 +48,7 @@ def main() -> None:
     model = emformer_rnnt_base(V)
     if not args.no_torch:
         import torch
+
         from streamformer.convert import from_torchaudio, reference
 
         torch.set_num_threads(2)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import torch
-from streamformer.convert import reference as reference_lib
 
 from streamformer import ConvEmformer, Emformer, convert, emformer_rnnt_model
+from streamformer.convert import reference as reference_lib
 
 
 def max_diff(a, b) -> float:

@@ -37,11 +37,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from streamformer.train.corpora import audio as data_lib
 
 from streamformer.rnnt import RNNT, pruned_joiner_fn
 from streamformer.rnnt_loss import rnnt_loss
 from streamformer.rnnt_loss_pruned import rnnt_loss_pruned, rnnt_loss_simple, rnnt_prune_ranges
+from streamformer.train.corpora import audio as data_lib
 
 
 def make_lattice_fn(model: RNNT, optim, blank: int, prune_range: int):

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from _timing import median_time
-from streamformer.convert import from_torchaudio, reference
 
+from streamformer.convert import from_torchaudio, reference
 from streamformer.rnnt import emformer_rnnt_base
 
 FRAMES, MELS = 1000, 80

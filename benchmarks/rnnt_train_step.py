@@ -29,6 +29,7 @@ import numpy as np
 from _timing import matmul_flops_per_second, median_time
 from rnnt_loss import gib
 from rnnt_loss_pruned import cpu_name
+
 from streamformer.train import config as config_lib
 from streamformer.train.loop.step import build_model, init_state, make_optimizer, make_train_step
 

@@ -89,8 +89,8 @@ def clean_test_seen(corpus: Path, out: Path) -> Path:
     wanted = [
         json.loads(line)["id"] for line in (corpus / "test-seen.jsonl").read_text().splitlines() if line
     ]
-    specs = {spec.id: spec for spec in espeak._plan(config)}
-    rows = espeak._render_shard([specs[i] for i in wanted], clean, str(out))
+    specs = {spec.id: spec for spec in espeak.plan_utterances(config)}
+    rows = espeak.render_shard([specs[i] for i in wanted], clean, str(out))
     lines = [json.dumps({"audio": f"test/{r['id'].split('-')[0]}/{r['id'].split('-')[1]}/{r['id']}.flac",
                          "text": r["text"], "id": r["id"]}) for r in rows]  # fmt: skip
     manifest.write_text("\n".join(lines) + "\n")

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from streamformer.emformer import Emformer
 from streamformer.train.corpora.prepare import Example, prepare_examples
 from streamformer.train.corpora.synth import ALPHABET, VOCABULARY, SynthConfig, generate_split
 from streamformer.train.loop.batches import batches, make_buckets
-
-from streamformer.emformer import Emformer
 
 
 def _mel_filterbank(n_mels: int = 80, n_fft: int = 400, sample_rate: int = 16000) -> np.ndarray:

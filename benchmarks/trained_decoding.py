@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from streamformer.train.commands.batch_transcribe import transcribe_features
 from streamformer.train.corpora import synth
 from streamformer.train.evaluation import error_rates
@@ -92,8 +93,6 @@ def endpoint_check(run, model, variables, count: int, silence_seconds: float = 1
     """``count`` test utterances joined by ``silence_seconds`` of silence, streamed with endpoint_step
     (trailing silence of 0.8 s after a token ends an utterance; the encoder state carries on): the cuts and
     each piece's text against the utterance decoded alone (offline greedy)."""
-    from streamformer.train.corpora.prepare import log_mel_features, normalize
-
     from streamformer.decoding import (
         EndpointConfig,
         EndpointRule,
@@ -102,6 +101,7 @@ def endpoint_check(run, model, variables, count: int, silence_seconds: float = 1
         endpoint_step,
         greedy_search,
     )
+    from streamformer.train.corpora.prepare import log_mel_features, normalize
 
     config = synth.SynthConfig(seed=run.config.data.synth_seed)
     utterances = [synth.synthesize(config, "test", i) for i in range(count)]

@@ -8,6 +8,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 import numpy as np
 import pytest
 import torch
+
 from streamformer.convert import reference
 
 torch.set_num_threads(2)

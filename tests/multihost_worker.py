@@ -2,15 +2,17 @@
 
 python tests/multihost_worker.py WORKDIR PROCESS_ID NUM_PROCESSES PORT OVERRIDES_JSON
 
-With NUM_PROCESSES 2 it joins a jax.distributed run (coordinator 127.0.0.1:PORT) and trains through the CLI's
-fit twice: 3 steps, then (resuming from that checkpoint) to 6, followed by the dev evaluation. With 1 it is
-the single-process reference: 6 steps straight. It records which utterances it put on its devices at every
-step, which it decoded, the step it restored, and the dev results, in WORKDIR/process_<id>.json.
+With NUM_PROCESSES 2 it joins a jax.distributed run (coordinator 127.0.0.1:PORT) and trains through the fit
+command (streamformer.train.commands.fit) twice: 3 steps, then (resuming from that checkpoint) to 6, followed
+by the dev evaluation. With 1 it is the single-process reference: 6 steps straight. It records which
+utterances it put on its devices at every step, which it decoded, the step it restored, and the dev results,
+in WORKDIR/process_<id>.json.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,8 +21,11 @@ import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
 
 from streamformer.train import evaluation as evaluate  # noqa: E402
-from streamformer.train.__main__ import _parser, _setup_jax, cmd_fit  # noqa: E402
+from streamformer.train.commands.fit import fit  # noqa: E402
+from streamformer.train.config import apply_overrides, preset  # noqa: E402
 from streamformer.train.loop import checkpoint, multihost, trainer  # noqa: E402
+from streamformer.train.loop.multihost import initialize  # noqa: E402
+from streamformer.train.workdir import enable_compilation_cache  # noqa: E402
 
 workdir, process_id, num_processes, port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 overrides = json.loads(sys.argv[5])
@@ -56,18 +61,15 @@ trainer.batch_stream = recording_batch_stream
 evaluate.decode = recording_decode
 checkpoint.Checkpoints.restore = recording_restore
 
-common = ["fit", "--workdir", str(workdir / "run"), "--preset", "tiny", "--quiet"]
-common += [a for item in overrides for a in ("--set", item)]
+run_dir = workdir / "run"
+config = apply_overrides(preset("tiny"), overrides)
 if num_processes > 1:
-    distributed = ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", str(num_processes)]
-    args = _parser().parse_args([*common, *distributed, "--process-id", str(process_id), "--no-eval",
-                                 "--set", "loop.steps=3"])  # fmt: skip
-    _setup_jax(args)
-    cmd_fit(args)
-args = _parser().parse_args([*common, "--set", "loop.steps=6"])
-if num_processes == 1:
-    _setup_jax(args)
-summary = cmd_fit(args)
+    initialize(f"127.0.0.1:{port}", num_processes, process_id)
+if os.environ.get("STREAMFORMER_COMPILATION_CACHE"):  # as the CLI does
+    enable_compilation_cache(os.environ["STREAMFORMER_COMPILATION_CACHE"])
+if num_processes > 1:
+    fit(run_dir, apply_overrides(config, ["loop.steps=3"]), evaluate=False, progress=False)
+summary = fit(run_dir, apply_overrides(config, ["loop.steps=6"]), progress=False)
 record.update(
     process_index=jax.process_index(),
     process_count=jax.process_count(),

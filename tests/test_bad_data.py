@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+
+from streamformer.text import train_bpe
 from streamformer.train import config as config_lib
 from streamformer.train.__main__ import main as cli
 from streamformer.train.corpora import prepare, screen, synth
-
-from streamformer.text import train_bpe
 from tests.test_train import MICRO
 
 GOOD = 16

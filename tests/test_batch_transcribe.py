@@ -4,7 +4,6 @@ word times within the audio; the manifest reader and its errors; the batch mode 
 
 from __future__ import annotations
 
-import argparse
 import json
 from types import SimpleNamespace
 
@@ -12,15 +11,15 @@ import jax
 import numpy as np
 import pytest
 import soundfile
-from streamformer.train.commands.batch_transcribe import (
-    add_arguments,
-    cmd_batch_transcribe,
-    read_manifest,
-    transcribe_features,
-)
 
 from streamformer.features import GlobalStats
 from streamformer.rnnt import emformer_rnnt_model
+from streamformer.train.commands.batch_transcribe import (
+    collect_items,
+    read_manifest,
+    transcribe_batch,
+    transcribe_features,
+)
 from tests.rnnt_cases import TINY_RNNT, V
 
 PIECES = ["\u2581a", "b", "\u2581c", "d", "\u2581e", "f", "g", "\u2581h", "i", "\u2581j"]
@@ -85,18 +84,12 @@ def test_batch_mode_end_to_end(model_and_variables, tmp_path, capsys):
     for name, seconds in (("one", 0.5), ("two", 0.3), ("three", 0.8)):
         soundfile.write(tmp_path / f"{name}.wav", 0.1 * rng.standard_normal(int(16000 * seconds)), 16000)
     (tmp_path / "m.jsonl").write_text('{"audio": "two.wav", "id": "second"}\n{"audio": "three.wav"}\n')
-    parser = argparse.ArgumentParser()
-    parser.add_argument("files", nargs="*")
-    parser.add_argument("--beam", type=int, default=0)
-    add_arguments(parser)
     out = tmp_path / "out" / "hyp.jsonl"
-    args = parser.parse_args(
-        [str(tmp_path / "one.wav"), "--manifest", str(tmp_path / "m.jsonl"), "--out", str(out)]
-    )
+    items = collect_items([str(tmp_path / "one.wav")], tmp_path / "m.jsonl")
     run = SimpleNamespace(
         tokenizer=_Tokenizer(), stats=GlobalStats(np.zeros(80, np.float32), np.ones(80, np.float32))
     )
-    summary = cmd_batch_transcribe(run, model, variables, args)
+    summary = transcribe_batch(run, model, variables, items, out=out)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["id"] for line in lines] == ["one", "second", "three"]
     assert [line["duration"] for line in lines] == [0.5, 0.3, 0.8]
@@ -105,20 +98,14 @@ def test_batch_mode_end_to_end(model_and_variables, tmp_path, capsys):
     assert "3/3" in err and "s of audio per second" in err
     assert summary["files"] == 3
     with pytest.raises(ValueError, match="beam"):
-        cmd_batch_transcribe(
-            run, model, variables, parser.parse_args(["x.wav", "--out", "o", "--search", "beam"])
-        )
+        transcribe_batch(run, model, variables, collect_items(["x.wav"]), out="o", search="beam")
 
 
 def test_exported_artifact_transcribes_like_the_checkpoint(model_and_variables, tmp_path, capsys):
     """``python -m train export`` then ``transcribe --exported``: the same JSON lines as the live model."""
-    from streamformer.train.commands.batch_transcribe import (
-        add_export_arguments,
-        cmd_transcribe_exported,
-        export_checkpoint,
-    )
-
     from streamformer.text import Tokenizer, train_bpe
+    from streamformer.train.commands.batch_transcribe import transcribe_exported
+    from streamformer.train.commands.export import export_run
 
     model, variables = model_and_variables
     tokenizer = Tokenizer(
@@ -132,33 +119,12 @@ def test_exported_artifact_transcribes_like_the_checkpoint(model_and_variables, 
     for name, seconds in (("one", 0.4), ("two", 0.25), ("three", 0.3)):
         files.append(str(tmp_path / f"{name}.wav"))
         soundfile.write(files[-1], 0.1 * rng.standard_normal(int(16000 * seconds)), 16000)
-    export_parser = argparse.ArgumentParser()
-    add_export_arguments(export_parser)
-    export_args = export_parser.parse_args(
-        ["--out", str(tmp_path / "art"), "--batch-size", "2", "--max-frames", "48"]
-    )
-    export_checkpoint(run, model, variables, export_args)
-    parser = argparse.ArgumentParser()
-    parser.add_argument("files", nargs="*")
-    parser.add_argument("--beam", type=int, default=0)
-    add_arguments(parser)
-    exported = parser.parse_args(
-        [*files, "--exported", str(tmp_path / "art"), "--out", str(tmp_path / "e.jsonl"), "--quiet"]
-    )
-    cmd_transcribe_exported(exported)
-    live = parser.parse_args([*files, "--out", str(tmp_path / "l.jsonl"), "--quiet", "--batch-size", "2"])
-    cmd_batch_transcribe(run, model, variables, live)
+    export_run(run, model, variables, tmp_path / "art", batch_size=2, max_frames=48)
+    items = collect_items(files)
+    transcribe_exported(tmp_path / "art", items, out=tmp_path / "e.jsonl", progress=False)
+    transcribe_batch(run, model, variables, items, out=tmp_path / "l.jsonl", progress=False, batch_size=2)
     assert (tmp_path / "e.jsonl").read_text() == (tmp_path / "l.jsonl").read_text()
     assert any(json.loads(line)["tokens"] for line in (tmp_path / "e.jsonl").read_text().splitlines())
-    long = parser.parse_args(
-        [files[0], "--exported", str(tmp_path / "art"), "--out", str(tmp_path / "x.jsonl")]
-    )
-    export_checkpoint(
-        run,
-        model,
-        variables,
-        export_parser.parse_args(["--out", str(tmp_path / "small"), "--max-frames", "16"]),
-    )
-    long.exported = str(tmp_path / "small")
+    export_run(run, model, variables, tmp_path / "small", max_frames=16)
     with pytest.raises(ValueError, match="max_frames = 16"):
-        cmd_transcribe_exported(long)
+        transcribe_exported(tmp_path / "small", items[:1], out=tmp_path / "x.jsonl")

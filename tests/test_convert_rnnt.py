@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 from flax import traverse_util
+
 from streamformer.convert import ConversionError, from_torchaudio, to_torchaudio, torchaudio_key
 from streamformer.convert.cli import load_converted, main
-
 from streamformer.rnnt import emformer_rnnt_base, emformer_rnnt_model
 
 TINY = dict(

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
+
 from streamformer.train.corpora.audio import list_librispeech, load_audio, read_manifest, resample
 from streamformer.train.corpora.prepare import prepare_examples
 from streamformer.train.corpora.synth import ALPHABET, SynthConfig, generate_split, write_librispeech

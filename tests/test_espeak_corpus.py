@@ -1,4 +1,4 @@
-"""The espeak-ng corpus (train/espeak.py): pip-only build, determinism, disjoint splits, unseen speakers,
+"""The espeak-ng corpus (train/corpora/espeak.py): pip-only build, determinism, disjoint splits, unseen speakers,
 LibriSpeech layout read by the project's reader, word alignments."""
 
 import json
@@ -7,17 +7,16 @@ import re
 import numpy as np
 import pytest
 import soundfile
+
 from streamformer.train.corpora import audio as data_lib
 from streamformer.train.corpora.espeak import (
     UNSEEN_VARIANTS,
     EspeakCorpusConfig,
-    EspeakEngine,
-    _plan,
     build_corpus,
-    load_sentences,
-    normalize_sentence,
-    recombine_sentences,
+    plan_utterances,
 )
+from streamformer.train.corpora.espeak_engine import EspeakEngine
+from streamformer.train.corpora.sentences import load_sentences, normalize_sentence, recombine_sentences
 
 SMALL = EspeakCorpusConfig(seed=5, max_sentences=40, train_renditions=1, train_recombined=1)
 
@@ -107,7 +106,7 @@ def test_recombined_text_is_new_word_sequences_of_training_phrases():
 
 def test_full_plan_keeps_the_split_rules():
     """The full-size corpus (planned, not synthesised): disjoint splits, no unseen voice in train or dev."""
-    specs = _plan(EspeakCorpusConfig())
+    specs = plan_utterances(EspeakCorpusConfig())
     by_split = {s: {x.text for x in specs if x.split == s} for s in ("train", "dev", "test")}
     assert len(by_split["train"]) > 3000 and len(by_split["test"]) == 200 and len(by_split["dev"]) == 150
     assert not (by_split["train"] & by_split["dev"] or by_split["train"] & by_split["test"])

@@ -16,9 +16,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+
 from streamformer.train.__main__ import main as cli
 from streamformer.train.loop import integrity
-
 from tests.test_train import FIT, final_params, micro_config, run_cli, step_losses
 
 STEPS = 20
@@ -228,7 +228,8 @@ def test_checkpoints_from_before_manifests_are_read_unverified(tmp_path, straigh
         assert checkpoints.set_aside_damaged() == [] and checkpoints.latest_step() == 20
         checkpoints.verify(20)  # no error: no checkpoint of this run has a manifest
         (workdir / "checkpoints" / "10" / integrity.MANIFEST).write_text("{}")  # now the run writes them
-        checkpoints._verified.clear()
+        checkpoints.close()
+        checkpoints = Checkpoints(workdir / "checkpoints", 3)  # a new reader verifies afresh
         with pytest.raises(integrity.DamagedCheckpointError, match="absent: the save never finished"):
             checkpoints.verify(20)
     finally:

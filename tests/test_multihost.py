@@ -14,8 +14,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from streamformer.train.loop import integrity
 
+from streamformer.train.loop import integrity
 from tests.test_train import MICRO, final_params, micro_config, step_losses
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from streamformer.convert import from_torchaudio
 
+from streamformer.convert import from_torchaudio
 from streamformer.rnnt import (
     RNNT,
     Joiner,

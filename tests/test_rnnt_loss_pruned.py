@@ -17,7 +17,6 @@ import pytest
 import torch
 from flax import traverse_util
 from hypothesis import given, settings
-from streamformer.convert import from_torchaudio, to_torchaudio
 
 from streamformer import (
     pruned_joiner_fn,
@@ -28,6 +27,7 @@ from streamformer import (
     rnnt_prune_ranges,
     with_simple_loss_projections,
 )
+from streamformer.convert import from_torchaudio, to_torchaudio
 from streamformer.rnnt import RNNT, emformer_rnnt_model, joiner_fn
 from tests.rnnt_cases import TINY_RNNT
 

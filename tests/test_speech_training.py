@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import soundfile
+
 from streamformer.train.__main__ import main as cli
 from streamformer.train.corpora.espeak import EspeakCorpusConfig, build_corpus
 

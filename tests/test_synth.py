@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
+
 from streamformer.train.corpora.synth import (
     ALPHABET,
     VOCABULARY,

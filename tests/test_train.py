@@ -19,13 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from streamformer.decoding import stream_segments
 from streamformer.train import config as config_lib
 from streamformer.train.__main__ import main as cli
 from streamformer.train.evaluation import edit_distance, error_rates
 from streamformer.train.loop.checkpoint import CheckpointMismatchError, Checkpoints
 from streamformer.train.loop.step import init_state, make_optimizer, make_train_step
-
-from streamformer.decoding import stream_segments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,9 +217,8 @@ def test_conv_emformer_bfloat16_step_runs(step_setup):
         "model.kind=conv_emformer",
         "model.transformer_kernel_size=3",
     )
-    from streamformer.train.loop.step import build_model
-
     from streamformer.rnnt import ConvEmformerTranscriber
+    from streamformer.train.loop.step import build_model
 
     _, _, _, batch = step_setup
     model = build_model(config.model, 25)

@@ -7,6 +7,10 @@ import jax
 import numpy as np
 import pytest
 import soundfile
+
+from streamformer.decoding import stream_segments
+from streamformer.features import GlobalStats, log_mel_spectrogram
+from streamformer.text import Tokenizer, train_bpe
 from streamformer.train import config as config_lib
 from streamformer.train.commands.transcribe import (
     AudioInputError,
@@ -16,10 +20,6 @@ from streamformer.train.commands.transcribe import (
     transcribe_files,
 )
 from streamformer.train.loop.step import build_model
-
-from streamformer.decoding import stream_segments
-from streamformer.features import GlobalStats, log_mel_spectrogram
-from streamformer.text import Tokenizer, train_bpe
 
 
 def _tone(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_stream_chunks_equal_stream_segments(frames):
 
 
 class _Run:
-    """What transcribe needs of train.__main__.Run: a tokenizer and global stats."""
+    """What transcribe needs of a workdir.Run: a tokenizer and global stats."""
 
     def __init__(self, tokenizer, stats):
         self.tokenizer, self.stats = tokenizer, stats

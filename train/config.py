@@ -152,16 +152,6 @@ SPEC_AUGMENT_FIELDS = (
     "time_mask_width",
     "max_time_mask_fraction",
 )
-#: Keys renamed since the first version (its config.json files still load): section -> {old: new}.
-RENAMED_KEYS = {
-    "data": {
-        "freq_masks": "num_freq_masks",
-        "freq_mask_param": "freq_mask_width",
-        "time_masks": "num_time_masks",
-        "time_mask_param": "time_mask_width",
-        "time_mask_ratio": "max_time_mask_fraction",
-    }
-}
 
 
 @dataclass(frozen=True)
@@ -338,18 +328,9 @@ def _replace(obj, updates: dict, where: str):
     return dataclasses.replace(obj, **changes)
 
 
-def _renamed(blob: dict) -> dict:
-    out = dict(blob)
-    for section, names in RENAMED_KEYS.items():
-        if isinstance(out.get(section), dict):
-            out[section] = {names.get(key, key): value for key, value in out[section].items()}
-    return out
-
-
 def from_dict(blob: dict, base: Config | None = None) -> Config:
-    """A Config from a (possibly partial) dict such as ``to_dict``'s; missing keys keep ``base``'s values
-    (keys of the first version's config.json files are read under their new names)."""
-    return _replace(base or Config(), _renamed(blob), "config")
+    """A Config from a (possibly partial) dict such as ``to_dict``'s; missing keys keep ``base``'s values."""
+    return _replace(base or Config(), blob, "config")
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

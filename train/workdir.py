@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["Run", "config_for", "eval_split", "must_match", "print_rates", "say"]
+__all__ = [
+    "DEFAULT_CACHE_DIR",
+    "Run",
+    "config_for",
+    "enable_compilation_cache",
+    "must_match",
+    "say",
+    "stored_or_preset",
+]
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamformer" / "jax"
 
 
 def say(message: str) -> None:
@@ -17,17 +28,32 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def config_for(workdir, preset_name: str | None = None, overrides: list[str] | None = None):
-    """A run's config: the workdir's config.json when resuming (no preset named), else the preset (default
-    tiny); then ``--set`` overrides."""
-    from .config import apply_overrides, from_dict, preset
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache in ``directory`` (default ~/.cache/streamformer/jax)."""
+    import jax
+
+    path = Path(directory) if directory else DEFAULT_CACHE_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
+def stored_or_preset(workdir, preset_name: str | None = None, default: str = "tiny"):
+    """The workdir's config.json when resuming (no preset named), else the preset (``default`` when none)."""
+    from .config import from_dict, preset
 
     stored = Path(workdir) / "config.json"
     if preset_name is None and stored.exists():
-        config = from_dict(json.loads(stored.read_text()))
-    else:
-        config = preset(preset_name or "tiny")
-    return apply_overrides(config, overrides or [])
+        return from_dict(json.loads(stored.read_text()))
+    return preset(preset_name or default)
+
+
+def config_for(workdir, preset_name: str | None = None, overrides: list[str] | None = None):
+    """A run's config: ``stored_or_preset`` (default tiny), then ``--set`` overrides."""
+    from .config import apply_overrides
+
+    return apply_overrides(stored_or_preset(workdir, preset_name), overrides or [])
 
 
 def must_match(config, num_symbols: int) -> dict:
@@ -98,35 +124,3 @@ class Run:
         finally:
             checkpoints.close()
         return model, {"params": state.params}, int(state.step)
-
-
-def eval_split(run: Run, model, variables, split: str, beam: int, streaming: bool, limit: int | None) -> dict:
-    """Error rates (and five examples) of decoding ``split`` (its first ``limit`` utterances): greedy (beam 0)
-    or beam search, offline or streaming; gathered over processes when there are several."""
-    from .loop.batches import bucket_frames_for
-    from .loop.multihost import evaluate  # one process: evaluation.evaluate; several: gathered
-
-    examples = run.prepare(split)[: limit or None]
-    started = time.perf_counter()
-    rates, hypotheses = evaluate(
-        model,
-        variables,
-        examples,
-        run.tokenizer,
-        beam_width=beam,
-        streaming=streaming,
-        bucket_frames=bucket_frames_for(run.config, examples),
-    )
-    rates.update(split=split, seconds=round(time.perf_counter() - started, 2))
-    pairs = list(zip(examples, hypotheses, strict=True))[:5]
-    rates["examples"] = [{"id": e.id, "reference": e.text, "hypothesis": h} for e, h in pairs]
-    return rates
-
-
-def print_rates(rates: dict) -> None:
-    """One line of ``eval_split``'s rates."""
-    say(
-        f"{rates['split']} {rates['mode']} {rates['search']}: WER {100 * rates['wer']:.2f}% "
-        f"CER {100 * rates['cer']:.2f}% ({rates['utterances']} utterances, {rates['words']} words, "
-        f"{rates['seconds']:.1f} s)"
-    )

@@ -8,8 +8,6 @@ A manifest line is a JSON object with "audio" (a path; relative paths are relati
 and optionally "id" (default: the file name without extension). Each output line: {"id", "audio",
 "duration" (s), "text", "tokens", "words": [{"word", "start", "end"}] (seconds)}. The output file is written
 once, atomically, at the end; a progress bar and the throughput go to stderr.
-
-The parser part (``add_arguments``) imports nothing heavy: the CLI sets JAX up after parsing.
 """
 
 from __future__ import annotations
@@ -25,13 +23,12 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "SEARCHES",
     "Item",
-    "add_arguments",
-    "add_export_arguments",
-    "cmd_batch_transcribe",
-    "cmd_transcribe_exported",
-    "export_checkpoint",
+    "collect_items",
     "read_manifest",
+    "transcribe_batch",
+    "transcribe_exported",
     "transcribe_features",
 ]
 
@@ -199,46 +196,60 @@ def transcribe_features(
     return out
 
 
-def cmd_batch_transcribe(run, model, variables, args) -> dict:
-    """The transcribe command's batch mode (``--out`` or ``--manifest``)."""
+def transcribe_batch(
+    run,
+    model,
+    variables,
+    items: Sequence[Item],
+    *,
+    out: str | os.PathLike,
+    search: str | None = None,
+    beam: int = 0,
+    streaming: bool = False,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """The transcribe command's batch mode: ``items`` decoded in batches (``search``, default by ``beam``:
+    greedy for 0, else beam search), written to ``out`` as JSON lines."""
     from ..corpora.audio import load_audio
     from ..corpora.prepare import log_mel_features, normalize
 
-    items = _items(args)
-    search = args.search or ("greedy" if args.beam == 0 else "beam")
-    _check_search(search, args.beam)
+    _check_out(out)
+    search = search or ("greedy" if beam == 0 else "beam")
+    _check_search(search, beam)
     started = time.perf_counter()
     audios = [load_audio(item.audio) for item in items]
     features = [normalize(f, run.stats) for f in log_mel_features(audios)]
-    progress = _Progress(len(items), enabled=not getattr(args, "quiet", False))
     decoded = transcribe_features(
         model,
         variables,
         run.tokenizer,
         features,
         search=search,
-        beam=max(args.beam, 1),
-        streaming=args.streaming,
-        batch_size=args.batch_size,
-        on_batch=progress.advance,
+        beam=max(beam, 1),
+        streaming=streaming,
+        batch_size=batch_size,
+        on_batch=_Progress(len(items), enabled=progress).advance,
     )
-    return _write(
-        args, items, audios, decoded, started, f"{'streaming' if args.streaming else 'offline'} {search}"
-    )
+    return _write(out, items, audios, decoded, started, f"{'streaming' if streaming else 'offline'} {search}")
 
 
-def _items(args) -> list[Item]:
-    items = [Item(Path(f).stem, f) for f in args.files]
-    if args.manifest:
-        items += read_manifest(args.manifest)
+def collect_items(files: Sequence[str], manifest: str | os.PathLike | None = None) -> list[Item]:
+    """The files named, then the manifest's entries."""
+    items = [Item(Path(f).stem, f) for f in files]
+    if manifest:
+        items += read_manifest(manifest)
     if not items:
         raise ValueError("files: expected audio files or --manifest, got neither")
-    if not args.out:
-        raise ValueError("out: expected --out FILE.jsonl for batch transcription, got none")
     return items
 
 
-def _write(args, items, audios, decoded, started: float, label: str) -> dict:
+def _check_out(out) -> None:
+    if not out:
+        raise ValueError("out: expected --out FILE.jsonl for batch transcription, got none")
+
+
+def _write(out, items, audios, decoded, started: float, label: str) -> dict:
     from streamformer import io as sf_io
 
     lines = []
@@ -246,67 +257,33 @@ def _write(args, items, audios, decoded, started: float, label: str) -> dict:
         result = {k: v for k, v in result.items() if k != "frames"}
         line = {"id": item.id, "audio": item.audio, "duration": round(audio.size / SAMPLE_RATE, 3), **result}
         lines.append(json.dumps(line))
-    sf_io.atomic_write_text(args.out, "".join(line + "\n" for line in lines))
+    sf_io.atomic_write_text(out, "".join(line + "\n" for line in lines))
     seconds = time.perf_counter() - started
     audio_seconds = sum(a.size for a in audios) / SAMPLE_RATE
     print(
         f"{len(items)} files, {audio_seconds:.1f} s of audio in {seconds:.1f} s "
-        f"({audio_seconds / max(seconds, 1e-9):.1f} s of audio per second, {label}); wrote {args.out}",
+        f"({audio_seconds / max(seconds, 1e-9):.1f} s of audio per second, {label}); wrote {out}",
         file=sys.stderr,
         flush=True,
     )
-    return {"files": len(items), "audio_seconds": audio_seconds, "seconds": seconds, "out": args.out}
+    return {"files": len(items), "audio_seconds": audio_seconds, "seconds": seconds, "out": str(out)}
 
 
-def export_checkpoint(run, model, variables, args) -> dict:
-    """``python -m train export``: the checkpoint's decoding as a jax.export artifact (greedy, or modified
-    beam search with --beam K), with its tokenizer and feature statistics."""
-    import tempfile
-
-    from streamformer.decoding import GreedySearch, ModifiedBeamSearch
-    from streamformer.decoding.export import export_transducer
-
-    if not args.out:
-        raise ValueError("out: expected --out DIRECTORY for the artifact, got none")
-    search = ModifiedBeamSearch(args.beam) if args.beam else GreedySearch()
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        stats_path = os.path.join(tmp, "global_stats.json")
-        run.stats.save(stats_path)
-        manifest = export_transducer(
-            model,
-            variables,
-            args.out,
-            search=search,
-            batch_size=args.batch_size,
-            max_frames=args.max_frames,
-            # room for every token the search can emit in max_frames: offline results never overflow
-            max_tokens=max(1, args.max_frames // model.config.time_reduction_stride)
-            * (search.max_symbols_per_step if isinstance(search, GreedySearch) else 1),
-            blank=run.tokenizer.blank_id,
-            tokenizer_path=run.tokenizer.model_path,
-            global_stats_path=stats_path,
-        )
-    size = sum(f.stat().st_size for f in Path(args.out).iterdir())
-    print(
-        f"exported to {args.out} ({size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s",
-        file=sys.stderr,
-    )
-    return manifest
-
-
-def cmd_transcribe_exported(args) -> dict:
-    """``python -m train transcribe --exported DIR --out hyp.jsonl ...``: batch transcription with an
-    exported artifact (its offline program, tokenizer and statistics; no checkpoint, no model code)."""
+def transcribe_exported(
+    directory: str | os.PathLike, items: Sequence[Item], *, out: str | os.PathLike, progress: bool = True
+) -> dict:
+    """``python -m train transcribe --exported DIR --out hyp.jsonl ...``: batch transcription with the
+    exported artifact in ``directory`` (its offline program, tokenizer and statistics; no checkpoint, no
+    model code)."""
+    _check_out(out)
     from streamformer.decoding.exported_runtime import load_exported
     from streamformer.decoding.timestamps import word_times
 
     from ..corpora.audio import load_audio
     from ..corpora.prepare import log_mel_features
 
-    items = _items(args)
     started = time.perf_counter()
-    artifact = load_exported(args.exported)
+    artifact = load_exported(directory)
     m = artifact.manifest
     B, width, R = artifact.batch_size, m["max_frames"], m["right_context_length"]
     period = 0.01 * m["time_reduction_stride"]
@@ -318,7 +295,7 @@ def cmd_transcribe_exported(args) -> dict:
                 f"{item.audio}: {f.shape[0]} frames, more than the artifact's max_frames = {width} "
                 f"(export with a larger --max-frames)"
             )
-    progress = _Progress(len(items), enabled=not args.quiet)
+    progress = _Progress(len(items), enabled=progress)
     decoded: list[dict] = []
     for begin in range(0, len(features), B):
         rows = features[begin : begin + B]
@@ -344,25 +321,4 @@ def cmd_transcribe_exported(args) -> dict:
                 }
             )
         progress.advance(len(rows))
-    return _write(args, items, audios, decoded, started, f"exported {m['search']['kind']}")
-
-
-def add_arguments(parser) -> None:
-    """The batch-mode options of ``python -m train transcribe``."""
-    parser.add_argument("--manifest", default=None, help='JSON-lines manifest ({"audio": path, "id": ...})')
-    parser.add_argument("--out", default=None, help="write JSON lines here (batch mode)")
-    parser.add_argument(
-        "--search", default=None, choices=SEARCHES, help="batch mode search (default: by --beam)"
-    )
-    parser.add_argument("--streaming", action="store_true", help="batch mode: decode as a batch of streams")
-    parser.add_argument("--batch-size", type=int, default=16, help="batch mode: utterances per batch")
-    parser.add_argument("--quiet", action="store_true", help="batch mode: no progress bar")
-    parser.add_argument("--exported", default=None, help="batch mode with an exported artifact directory")
-
-
-def add_export_arguments(parser) -> None:
-    """The options of ``python -m train export``."""
-    parser.add_argument("--out", required=True, help="artifact directory to write")
-    parser.add_argument("--beam", type=int, default=0, help="modified beam search width (0: greedy)")
-    parser.add_argument("--batch-size", type=int, default=1, help="streams / utterances per call")
-    parser.add_argument("--max-frames", type=int, default=1600, help="offline input frames (10 ms each)")
+    return _write(out, items, audios, decoded, started, f"exported {m['search']['kind']}")

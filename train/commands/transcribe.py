@@ -8,7 +8,7 @@
 - Silence gives an empty transcript (with a note), clipping a warning; neither stops anything.
 - A missing, empty or undecodable file gets one line naming the file and why, and the batch goes on.
 - The real-time factor is measured after the first segment, which carries the compilation; JAX's persistent
-  compilation cache (``enable_compilation_cache``) makes the first segment of later runs come fast.
+  compilation cache (``workdir.enable_compilation_cache``) makes the first segment of later runs come fast.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from typing import TextIO
 
 import numpy as np
 
+from ..workdir import Run, enable_compilation_cache, say
+from .batch_transcribe import collect_items, transcribe_batch
+
 __all__ = [
     "AudioInputError",
-    "DEFAULT_CACHE_DIR",
-    "enable_compilation_cache",
+    "transcribe",
     "read_audio",
     "stream_chunks",
     "stream_features",
@@ -37,26 +39,10 @@ __all__ = [
 SAMPLE_RATE = 16000
 HOP = 160  # samples per feature frame (10 ms)
 _MARGIN = 2  # frames of context each side of a feature block: the 400-sample window reaches 200 samples out
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamformer" / "jax"
 
 
 class AudioInputError(ValueError):
     """An input file that cannot be transcribed; the message names the file and the reason."""
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path:
-    """Turn on JAX's persistent compilation cache in ``directory`` (default ~/.cache/streamformer/jax)."""
-    import jax
-
-    path = Path(directory) if directory else DEFAULT_CACHE_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return path
 
 
 def read_audio(path: str | os.PathLike, block_frames: int = 1 << 20) -> tuple[np.ndarray, str]:
@@ -174,7 +160,7 @@ def transcribe_file(run, model, variables, path: str, beam: int = 0, out: TextIO
 
     out = out or sys.stdout
     audio, notes = read_audio(path)
-    _say(f"{path}: {notes}")
+    say(f"{path}: {notes}")
     decoder = StreamingDecoder(
         model, variables, greedy=beam == 0, beam_width=max(beam, 1), blank=run.tokenizer.blank_id
     )
@@ -197,7 +183,7 @@ def transcribe_file(run, model, variables, path: str, beam: int = 0, out: TextIO
     first_seconds = first_done[0] - started if first_done else finished - started
     rest_audio = audio.size / SAMPLE_RATE - (first_done[1] / 100 if first_done else 0.0)
     rtf = (finished - first_done[0]) / rest_audio if first_done and rest_audio > 0.5 else math.nan
-    _say(
+    say(
         f"{path}: {audio.size / SAMPLE_RATE:.2f} s of audio in {segments} segments of {S} frames + {R} "
         f"look-ahead; first segment after {first_seconds:.2f} s (compilation included), then real-time "
         f"factor {rtf:.3f}"
@@ -217,5 +203,49 @@ def transcribe_files(
             transcripts[path] = transcribe_file(run, model, variables, path, beam, out)
         except AudioInputError as error:
             errors[path] = str(error)
-            _say(f"error: {error}")
+            say(f"error: {error}")
     return transcripts, errors
+
+
+def transcribe(
+    workdir: Path,
+    config,
+    files: Sequence[str],
+    *,
+    beam: int = 0,
+    step: int | None = None,
+    compilation_cache: str | os.PathLike | None = None,
+    manifest: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    search: str | None = None,
+    streaming: bool = False,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """``python -m train transcribe``: each file streamed through checkpoint ``step`` (default: the latest)
+    with partial transcripts printed; with ``out`` or ``manifest``, batch mode (``transcribe_batch``)."""
+    if not files and not manifest:
+        raise ValueError("files: expected audio files or --manifest FILE.jsonl, got neither")
+    cache = enable_compilation_cache(compilation_cache)
+    run = Run(config, workdir)
+    run.load_frontend()
+    model, variables, _ = run.restore_variables(step)
+    say(f"compilation cache: {cache}")
+    if out or manifest:
+        items = collect_items(files, manifest)
+        return transcribe_batch(
+            run,
+            model,
+            variables,
+            items,
+            out=out,
+            search=search,
+            beam=beam,
+            streaming=streaming,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    transcripts, errors = transcribe_files(run, model, variables, files, beam)
+    if errors:
+        raise ValueError(f"{len(errors)} of {len(files)} file(s) could not be transcribed: {sorted(errors)}")
+    return {"transcripts": transcripts}

@@ -1,14 +1,9 @@
 """A real-speech English corpus built with pip-installed packages only: espeak-ng voices reading real sentences.
 
 Speech comes from libespeak-ng as shipped (library and voice data) by the ``espeakng-loader`` wheel, driven
-through ctypes in synchronous mode: ``espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS)``, a synthesis callback that
-collects the 22.05 kHz int16 samples and the word events, ``espeak_SetVoiceByName("<voice>+<variant>")``,
-``espeak_SetParameter`` for rate, pitch and pitch range, ``espeak_Synth``. The audio is resampled to 16 kHz.
+through ctypes (``corpora/espeak_engine.py``); the audio is resampled to 16 kHz.
 
-Text: the fortune-cookie database of the ``fortunate`` package (about 2,800 quotes collected by Brian M.
-Clapper; the code is under a BSD-style licence, the database under Creative Commons Attribution 4.0),
-split into sentences and normalised to lowercase words and apostrophes, 4 to 14 words each, sentences with
-digits or symbols dropped (espeak-ng would read them in words the transcript does not hold). Besides reading
+Text: real sentences (``corpora/sentences.py``: the ``fortunate`` package's fortune database). Besides reading
 each training sentence ``train_renditions`` times, the training split reads ``train_recombined`` new texts per
 training sentence, joined from 2-4-word phrases of the training sentences (``recombine_sentences``; chapter 4
 of each speaker): the 3,734 training sentences alone are few enough for a small transducer to learn by heart.
@@ -19,7 +14,7 @@ random SNR, reverberation by a synthetic exponentially decaying room response (s
 level. Splits are by sentence (none shared). The test split reads each test sentence twice: once by a speaker
 seen in training and once by an unseen speaker, whose variant is never used in train or dev.
 
-Layout (``build_corpus(root, config)``), LibriSpeech's, read by ``train.data.list_librispeech``:
+Layout (``build_corpus(root, config)``), LibriSpeech's, read by ``corpora.audio.list_librispeech``:
     root/train, root/dev, root/test: <speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac + .trans.txt
     root/test-seen.jsonl, root/test-unseen.jsonl: manifests of the two halves of root/test
     root/<split>.alignments.json: {utterance id: [[word, start s, end s], ...]} from espeak-ng's word events
@@ -38,21 +33,20 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import importlib.resources
 import json
 import multiprocessing
 import os
-import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .espeak_engine import EspeakEngine, seed_libc_rand
+from .sentences import load_sentences, recombine_sentences, split_sentences
 
 __all__ = [
     "SEEN_VARIANTS",
@@ -60,13 +54,10 @@ __all__ = [
     "UNSEEN_VARIANTS",
     "VOICES",
     "EspeakCorpusConfig",
-    "EspeakEngine",
-    "EspeakUnavailableError",
+    "UtteranceSpec",
     "build_corpus",
-    "load_sentences",
-    "normalize_sentence",
-    "recombine_sentences",
-    "split_sentences",
+    "plan_utterances",
+    "render_shard",
 ]
 
 # English voices (accents) of espeak-ng's data: US, British (received pronunciation and the default), Scottish,
@@ -104,218 +95,6 @@ UNSEEN_VARIANTS = ("m4", "m7", "f4", "Gene", "linda", "aunty")
 SHARD_SIZE = 24
 _SPLIT_NUMBERS = {"train": 1, "dev": 2, "test": 3}
 _RECOMBINED_CHAPTER = 4  # the training utterances of recombined text: <speaker>-4-<utt>
-
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INITIALIZE_DONT_EXIT = 0x8000
-_EVENT_LIST_TERMINATED, _EVENT_WORD = 0, 1
-_RATE, _PITCH, _RANGE = 1, 3, 4
-_POS_CHARACTER, _CHARS_UTF8 = 1, 1
-
-
-class EspeakUnavailableError(RuntimeError):
-    """libespeak-ng (the espeakng-loader wheel) cannot be loaded."""
-
-
-# --------------------------------------------------------------------------------------------------------
-# Text.
-
-
-def normalize_sentence(sentence: str) -> str | None:
-    """Lowercase words and inner apostrophes, or None when the sentence holds digits or symbols."""
-    text = sentence.lower().replace("\u2019", "'").replace("`", "'")
-    if re.search(r"[0-9@#$%&*+=<>/\\|_^~\[\]{}]", text):
-        return None
-    words = [w.strip("'") for w in re.sub(r"[^a-z' ]+", " ", text).split()]
-    return " ".join(w for w in words if re.search("[a-z]", w)) or None
-
-
-def load_sentences(min_words: int = 4, max_words: int = 14) -> list[str]:
-    """The distinct normalised sentences (and, of longer ones, comma clauses) of the fortunes file, sorted."""
-    try:
-        source = importlib.resources.files("fortunate") / "fortunes"
-        text = source.read_text(encoding="utf-8")
-    except (ModuleNotFoundError, FileNotFoundError) as error:
-        raise EspeakUnavailableError(
-            "the sentence source is the 'fortunate' package: pip install 'streamformer[train]'"
-        ) from error
-    sentences: set[str] = set()
-    for cookie in re.split(r"^%\s*$", text, flags=re.M):
-        lines = [line.strip() for line in cookie.splitlines() if not re.match(r"^\s*(\u2015|--|-)", line)]
-        for sentence in re.split(r"(?<=[.!?;:])\s+", " ".join(lines)):
-            normal = normalize_sentence(sentence)
-            if normal is None:
-                continue
-            pieces = [normal] if len(normal.split()) <= max_words else sentence.split(",")
-            for piece in pieces:
-                piece = normalize_sentence(piece) if piece is not normal else piece
-                if piece and min_words <= len(piece.split()) <= max_words:
-                    sentences.add(piece)
-    return sorted(sentences)
-
-
-def split_sentences(sentences: Sequence[str], seed: int, dev: int, test: int) -> dict[str, list[str]]:
-    """Shuffle by ``seed`` and cut into dev, test and train (the rest); no sentence is in two splits."""
-    if dev + test >= len(sentences):
-        raise ValueError(
-            f"dev + test: expected fewer than the {len(sentences)} sentences, got {dev} + {test}"
-        )
-    order = np.random.default_rng([seed, 7]).permutation(len(sentences))
-    shuffled = [sentences[i] for i in order]
-    return {"dev": shuffled[:dev], "test": shuffled[dev : dev + test], "train": shuffled[dev + test :]}
-
-
-def recombine_sentences(
-    sentences: Sequence[str],
-    count: int,
-    seed: int,
-    min_words: int = 4,
-    max_words: int = 14,
-    exclude: Sequence[str] = (),
-) -> list[str]:
-    """``count`` new word sequences made of the training ``sentences``' own phrases, deterministic by ``seed``.
-
-    Each is min_words..max_words words long (uniformly), joined from spans of 2-4 consecutive words of
-    random sentences; none equals a sentence of ``sentences`` or ``exclude`` (pass the dev and test sentences)
-    or another. Locally they read as English, globally they are new: a small model then cannot learn the
-    training sentences by heart in its predictor (measured: 72 % of the words of training utterances right
-    against 41 % of test ones without this), and only words of ``sentences`` occur, so held-out sentences stay
-    held out.
-    """
-    if count < 0 or not sentences:
-        raise ValueError(
-            f"count, sentences: expected count >= 0 and some sentences, got {count}, {len(sentences)}"
-        )
-    rng = np.random.default_rng([seed, 8])
-    words = [s.split() for s in sentences]
-    taken, out = set(sentences) | set(exclude), []
-    for _ in range(100 * count):
-        if len(out) == count:
-            break
-        length = int(rng.integers(min_words, max_words + 1))
-        picked: list[str] = []
-        while len(picked) < length:
-            source = words[int(rng.integers(len(words)))]
-            span = int(rng.integers(2, 5))
-            start = int(rng.integers(max(len(source) - span, 0) + 1))
-            picked += source[start : start + span]
-        text = " ".join(picked[:length])
-        if text not in taken:
-            taken.add(text)
-            out.append(text)
-    if len(out) < count:
-        raise ValueError(f"count: {count} distinct recombinations asked, only {len(out)} found")
-    return out
-
-
-# --------------------------------------------------------------------------------------------------------
-# The engine.
-
-
-class _Event(ctypes.Structure):
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("unique_identifier", ctypes.c_uint),
-        ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int),
-        ("audio_position", ctypes.c_int),
-        ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p),
-        ("id", ctypes.c_char * 8),
-    ]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
-)
-
-
-class EspeakEngine:
-    """libespeak-ng in this process, synchronous: ``speak`` returns the int16 samples and the word onsets.
-
-    libespeak-ng keeps static state across calls (e.g. its pitch-flutter phase), so an utterance's samples
-    depend on what was spoken before in the same library instance. ``fresh=True`` loads a private copy of the
-    library (a new instance with its own statics), so what it speaks depends on its own calls only; ``close``
-    unloads it.
-    """
-
-    def __init__(self, fresh: bool = False) -> None:
-        self._copy: str | None = None
-        try:
-            import espeakng_loader
-
-            path = espeakng_loader.get_library_path()
-            data_path = espeakng_loader.get_data_path()
-            if fresh:
-                handle, self._copy = tempfile.mkstemp(prefix="libespeak-ng-", suffix=".so")
-                os.close(handle)
-                shutil.copyfile(path, self._copy)
-                path = self._copy
-            self._lib = ctypes.CDLL(path)
-        except (ImportError, OSError, RuntimeError) as error:
-            raise EspeakUnavailableError(
-                f"cannot load libespeak-ng from the espeakng-loader wheel ({error}): "
-                "pip install 'streamformer[train]'"
-            ) from error
-        lib = self._lib
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-            ctypes.c_void_p, ctypes.c_void_p,
-        ]  # fmt: skip
-        self.sample_rate = lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT
-        )
-        if self.sample_rate <= 0:
-            raise EspeakUnavailableError(f"espeak_Initialize failed (data path {data_path})")
-        self._chunks: list[np.ndarray] = []
-        self._words: list[tuple[int, int]] = []
-        self._callback = _CALLBACK(self._collect)  # kept alive: the library holds the pointer
-        lib.espeak_SetSynthCallback(self._callback)
-
-    def close(self) -> None:
-        """Terminate the library and, for a private copy, unload and delete it."""
-        self._lib.espeak_Terminate()
-        if self._copy is not None:
-            import _ctypes
-
-            _ctypes.dlclose(self._lib._handle)
-            os.unlink(self._copy)
-            self._copy = None
-
-    def _collect(self, samples, count, events) -> int:
-        if count > 0:
-            self._chunks.append(np.ctypeslib.as_array(samples, (count,)).copy())
-        i = 0
-        while events[i].type != _EVENT_LIST_TERMINATED:
-            if events[i].type == _EVENT_WORD:
-                self._words.append((events[i].text_position, events[i].sample))
-            i += 1
-        return 0
-
-    def speak(
-        self, text: str, voice: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50
-    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """(N,) int16 samples at ``sample_rate`` and, per word event, (1-based character position, sample)."""
-        if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"voice: espeak-ng has no voice {voice!r}")
-        for parameter, value in ((_RATE, rate), (_PITCH, pitch), (_RANGE, pitch_range)):
-            self._lib.espeak_SetParameter(parameter, int(value), 0)
-        self._chunks, self._words = [], []
-        encoded = text.encode("utf-8")
-        status = self._lib.espeak_Synth(
-            encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
-        )
-        if status != 0:
-            raise RuntimeError(f"espeak_Synth failed with status {status} on {text!r} ({voice})")
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        return audio, list(self._words)
-
-
-# --------------------------------------------------------------------------------------------------------
-# The corpus.
 
 
 @dataclass(frozen=True)
@@ -373,7 +152,7 @@ class EspeakCorpusConfig:
 
 
 @dataclass(frozen=True)
-class _Spec:
+class UtteranceSpec:
     """One utterance to synthesise: where it goes and every random choice already drawn."""
 
     split: str
@@ -398,7 +177,7 @@ def _speakers(config: EspeakCorpusConfig) -> list[tuple[str, bool]]:
     return out
 
 
-def _plan(config: EspeakCorpusConfig) -> list[_Spec]:
+def plan_utterances(config: EspeakCorpusConfig) -> list[UtteranceSpec]:
     sentences = load_sentences(*config.words_per_sentence)
     splits = split_sentences(sentences, config.seed, config.dev_sentences, config.test_sentences)
     if config.max_sentences:
@@ -429,7 +208,7 @@ def _plan(config: EspeakCorpusConfig) -> list[_Spec]:
             rng = np.random.default_rng([config.seed, chapter, index])
             speaker = int(rng.choice(unseen if is_unseen else seen))
             specs.append(
-                _Spec(
+                UtteranceSpec(
                     split=split,
                     id=f"{speaker + 1}-{chapter}-{index:05d}",
                     text=text,
@@ -510,18 +289,7 @@ def _word_times(
     return out
 
 
-def _seed_libc_rand(seed: int) -> None:
-    """libespeak-ng draws from the C library's rand() (noise sources), process-global state: seed it."""
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None)
-    _LIBC.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
-
-
-_LIBC = None
-
-
-def _render_shard(specs: list[_Spec], config: EspeakCorpusConfig, staging: str) -> list[dict]:
+def render_shard(specs: list[UtteranceSpec], config: EspeakCorpusConfig, staging: str) -> list[dict]:
     """Synthesise, degrade and write one shard's utterances (in a fresh process); their metadata."""
     import soundfile
 
@@ -535,10 +303,10 @@ def _render_shard(specs: list[_Spec], config: EspeakCorpusConfig, staging: str) 
 
 
 def _render(
-    engine: EspeakEngine, spec: _Spec, config: EspeakCorpusConfig, staging: str, soundfile, resample
+    engine: EspeakEngine, spec: UtteranceSpec, config: EspeakCorpusConfig, staging: str, soundfile, resample
 ) -> dict:
     if True:
-        _seed_libc_rand(spec.seed[2])
+        seed_libc_rand(spec.seed[2])
         samples, events = engine.speak(spec.text, spec.voice, spec.rate, spec.pitch, spec.pitch_range)
         if samples.size == 0:
             raise RuntimeError(f"espeak-ng produced no audio for {spec.id} ({spec.text!r}, {spec.voice})")
@@ -566,7 +334,7 @@ def _render(
 
 
 def _render_shard_star(args) -> list[dict]:
-    return _render_shard(*args)
+    return render_shard(*args)
 
 
 def _pool_context():
@@ -603,7 +371,7 @@ def build_corpus(
             )
     EspeakEngine()  # fail here, with the install hint, rather than in a worker
     started = time.perf_counter()
-    specs = _plan(config)
+    specs = plan_utterances(config)
     shards = [specs[i : i + SHARD_SIZE] for i in range(0, len(specs), SHARD_SIZE)]
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))

@@ -1,4 +1,5 @@
-"""Several processes (jax.distributed): what evaluation needs beyond the training step.
+"""Several processes (jax.distributed): their set-up (``initialize``) and what evaluation needs beyond the
+training step.
 
 Training shards each batch over the devices of every process (``mesh.Mesh1D``); evaluation decodes with
 per-process programs instead (beam and streaming search are sequential): each process decodes its share of
@@ -10,6 +11,7 @@ as one process would.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +20,18 @@ import numpy as np
 
 from .. import evaluation as evaluate_lib
 
-__all__ = ["local_copy", "gather_strings", "share", "evaluate"]
+__all__ = ["initialize", "local_copy", "gather_strings", "share", "evaluate"]
+
+
+def initialize(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+    """Joins a jax.distributed run when a coordinator or a process count is given, or STREAMFORMER_DISTRIBUTED
+    is set (then jax finds them in the cluster's environment); before any other JAX call. Else nothing."""
+    if coordinator_address or num_processes or os.environ.get("STREAMFORMER_DISTRIBUTED"):
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        )
 
 
 def local_copy(tree: Any) -> Any:

@@ -14,7 +14,7 @@ import jax
 
 from streamformer.rnnt import RNNT
 
-from ..config import Config, to_dict
+from ..config import Config, LoopConfig, to_dict
 from .batches import batch_stream, device_batch
 from .checkpoint import Checkpoints, abstract_like
 from .mesh import Mesh1D
@@ -22,7 +22,7 @@ from .metrics import MetricsLog, Progress, save_json
 from .preemption import PreemptionGuard
 from .step import TrainState, init_state, make_optimizer, make_train_step
 
-__all__ = ["FitResult", "NonFiniteError", "fit"]
+__all__ = ["FitResult", "MetricsWindow", "NonFiniteError", "fit"]
 
 
 class NonFiniteError(RuntimeError):
@@ -86,101 +86,126 @@ def fit(
         metrics_log.write({"step": start, **record})
     end = min(loop.steps, stop_at) if stop_at is not None else loop.steps
     bar = Progress(end, start, enabled=progress and lead)
+    window = MetricsWindow(metrics_log, bar, loop, state, workdir / "metrics.jsonl")
     config_json = {**to_dict(config), "num_symbols": model.num_symbols}
-
-    losses: dict[int, float] = {}
-    window = {"loss": 0.0, "utterances": 0.0, "frames": 0.0, "n": 0, "time": time.perf_counter()}
-    pending = None  # the previous step's metrics, read after the next step is dispatched
-    preempted = None
-
-    counts = {
-        "in_a_row": int(jax.device_get(state.nonfinite_in_a_row)),
-        "skipped": int(jax.device_get(state.skipped)),
-    }
-
-    def settle(step: int, metrics: dict) -> None:
-        metrics = jax.device_get(metrics)
-        if not bool(metrics["finite"]):
-            counts["in_a_row"] += 1
-            counts["skipped"] += 1
-            metrics_log.write(
-                {"step": step + 1, "kind": "skip", "reason": "non-finite loss, gradient or feature"}
-            )
-            if counts["in_a_row"] >= loop.max_nonfinite_in_a_row:
-                raise NonFiniteError(
-                    f"{counts['in_a_row']} steps in a row had NaN/Inf loss, gradients or "
-                    f"features (the last: step {step + 1}); see {workdir / 'metrics.jsonl'}"
-                )
-            return
-        counts["in_a_row"] = 0
-        losses[step] = float(metrics["loss"])
-        window["loss"] += float(metrics["loss"])
-        window["utterances"] += float(metrics["utterances"])
-        window["frames"] += float(metrics["frames"])
-        window["n"] += 1
-        if loop.log_every and (step + 1) % loop.log_every == 0 and window["n"]:
-            seconds = time.perf_counter() - window["time"]
-            record = {
-                "step": step + 1,
-                "kind": "train",
-                "loss": window["loss"] / window["n"],
-                "grad_norm": float(metrics["grad_norm"]),
-                "lr": float(metrics["lr"]),
-                "utterances_per_s": window["utterances"] / seconds,
-                "audio_s_per_s": window["frames"] * 0.01 / seconds,
-                "skipped": counts["skipped"],
-            }
-            metrics_log.write(record)
-            bar.update(
-                step + 1,
-                f"loss {record['loss']:.3f} {record['utterances_per_s']:.1f} utt/s "
-                f"{record['audio_s_per_s']:.0f}x real time",
-            )
-            window.update(loss=0.0, utterances=0.0, frames=0.0, n=0, time=time.perf_counter())
-
-    started = time.perf_counter()
-    guard = PreemptionGuard()
+    started, preempted = time.perf_counter(), None
     try:
-        guard.__enter__()
-        if start < end:
-            rows = mesh.local_rows(config.data.batch_size)  # this process builds and puts only its rows
-            stream = batch_stream(
-                train_examples, config, bucket_frames, model.right_context_length, start, rows=rows
-            )
-            for step, batch in stream:
-                batch = mesh.put_batch(device_batch(batch), config.data.batch_size)
-                state, metrics = train_step(state, batch)
-                if pending is not None:
-                    settle(*pending)
-                pending = (step, metrics)
-                done = step + 1
-                checkpoints.seal()
-                if loop.checkpoint_every and done % loop.checkpoint_every == 0 and done < end:
-                    checkpoints.save(done, state, config_json)
-                if on_eval is not None and loop.eval_every and done % loop.eval_every == 0 and done < end:
-                    settle(*pending)
-                    pending = None
-                    metrics_log.write({"step": done, "kind": "eval", **on_eval(state, done)})
-                if time_limit is not None and time.perf_counter() - started > time_limit and done < end:
-                    metrics_log.write({"step": done, "kind": "stop", "reason": f"time limit {time_limit} s"})
-                    end = done
-                if done < end and guard.should_stop(done):
-                    metrics_log.write({"step": done, "kind": "stop", "reason": guard.signal_name})
-                    end, preempted = done, guard.signal_name
-                if done >= end:
-                    break
-            if pending is not None:
-                settle(*pending)
-            checkpoints.save(end, state, config_json)
+        with PreemptionGuard() as guard:
+            if start < end:
+                rows = mesh.local_rows(config.data.batch_size)  # this process builds and puts only its rows
+                stream = batch_stream(
+                    train_examples, config, bucket_frames, model.right_context_length, start, rows=rows
+                )
+                for step, batch in stream:
+                    state, metrics = train_step(
+                        state, mesh.put_batch(device_batch(batch), config.data.batch_size)
+                    )
+                    window.add(step, metrics)  # settles the previous step, now that this one is dispatched
+                    done = step + 1
+                    checkpoints.seal()
+                    if _every(loop.checkpoint_every, done) and done < end:
+                        checkpoints.save(done, state, config_json)
+                    if on_eval is not None and _every(loop.eval_every, done) and done < end:
+                        window.flush()
+                        metrics_log.write({"step": done, "kind": "eval", **on_eval(state, done)})
+                    if time_limit is not None and time.perf_counter() - started > time_limit and done < end:
+                        metrics_log.write(
+                            {"step": done, "kind": "stop", "reason": f"time limit {time_limit} s"}
+                        )
+                        end = done
+                    if done < end and guard.should_stop(done):  # every step: several hosts agree on one
+                        metrics_log.write({"step": done, "kind": "stop", "reason": guard.signal_name})
+                        end, preempted = done, guard.signal_name
+                    if done >= end:
+                        break
+                window.flush()
+                checkpoints.save(end, state, config_json)
     finally:
-        guard.__exit__()
         checkpoints.close()
         metrics_log.close()
         bar.close()
     return FitResult(
         state=state,
-        losses=losses,
-        skipped=counts["skipped"],
+        losses=window.losses,
+        skipped=window.skipped,
         seconds=time.perf_counter() - started,
         preempted=preempted,
     )
+
+
+def _every(period: int, step: int) -> bool:
+    return bool(period) and step % period == 0
+
+
+class MetricsWindow:
+    """The training metrics between two log lines: each step's loss (``losses``), the window's mean loss and
+    throughput written every ``loop.log_every`` steps (and shown on the progress line), and the steps skipped
+    as non-finite (``skipped``; ``loop.max_nonfinite_in_a_row`` of them in a row raise NonFiniteError).
+
+    A step's metrics are read one step late (``add`` settles the step before), so reading them never stalls
+    the device; ``flush`` settles the last one.
+    """
+
+    def __init__(self, log: MetricsLog, bar: Progress, loop: LoopConfig, state: TrainState, log_path: Path):
+        self.log, self.bar, self.loop, self.log_path = log, bar, loop, log_path
+        self.losses: dict[int, float] = {}
+        self.skipped = int(jax.device_get(state.skipped))
+        self.in_a_row = int(jax.device_get(state.nonfinite_in_a_row))
+        self.pending: tuple[int, dict] | None = None
+        self._start_window()
+
+    def _start_window(self) -> None:
+        self.loss_sum, self.utterances, self.frames, self.steps = 0.0, 0.0, 0.0, 0
+        self.window_started = time.perf_counter()
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.flush()
+        self.pending = (step, metrics)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            step, metrics = self.pending
+            self.pending = None
+            self._settle(step, jax.device_get(metrics))
+
+    def _settle(self, step: int, metrics: dict) -> None:
+        if not bool(metrics["finite"]):
+            self.in_a_row += 1
+            self.skipped += 1
+            self.log.write(
+                {"step": step + 1, "kind": "skip", "reason": "non-finite loss, gradient or feature"}
+            )
+            if self.in_a_row >= self.loop.max_nonfinite_in_a_row:
+                raise NonFiniteError(
+                    f"{self.in_a_row} steps in a row had NaN/Inf loss, gradients or features (the last: step "
+                    f"{step + 1}); see {self.log_path}"
+                )
+            return
+        self.in_a_row = 0
+        self.losses[step] = float(metrics["loss"])
+        self.loss_sum += float(metrics["loss"])
+        self.utterances += float(metrics["utterances"])
+        self.frames += float(metrics["frames"])
+        self.steps += 1
+        if _every(self.loop.log_every, step + 1):
+            self._write(step + 1, metrics)
+
+    def _write(self, step: int, metrics: dict) -> None:
+        seconds = time.perf_counter() - self.window_started
+        record = {
+            "step": step,
+            "kind": "train",
+            "loss": self.loss_sum / self.steps,
+            "grad_norm": float(metrics["grad_norm"]),
+            "lr": float(metrics["lr"]),
+            "utterances_per_s": self.utterances / seconds,
+            "audio_s_per_s": self.frames * 0.01 / seconds,
+            "skipped": self.skipped,
+        }
+        self.log.write(record)
+        self.bar.update(
+            step,
+            f"loss {record['loss']:.3f} {record['utterances_per_s']:.1f} utt/s "
+            f"{record['audio_s_per_s']:.0f}x real time",
+        )
+        self._start_window()

@@ -1,0 +1,82 @@
+"""``python -m train eval``: word and character error rates of a checkpoint, and ``evaluate_split``, which the
+other commands use for the same figures."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import Config
+from ..loop.batches import bucket_frames_for
+from ..loop.metrics import save_json
+from ..loop.multihost import (
+    evaluate as evaluate_examples,  # one process: evaluation.evaluate; several: gathered
+)
+from ..workdir import Run, say
+
+__all__ = ["evaluate", "evaluate_split", "print_rates"]
+
+
+def evaluate_split(
+    run: Run,
+    model,
+    variables,
+    split: str,
+    *,
+    beam: int = 0,
+    streaming: bool = False,
+    limit: int | None = None,
+) -> dict:
+    """Error rates (and five examples) of decoding ``split`` (its first ``limit`` utterances): greedy (beam 0)
+    or beam search, offline or streaming; gathered over processes when there are several."""
+    examples = run.prepare(split)[: limit or None]
+    started = time.perf_counter()
+    rates, hypotheses = evaluate_examples(
+        model,
+        variables,
+        examples,
+        run.tokenizer,
+        beam_width=beam,
+        streaming=streaming,
+        bucket_frames=bucket_frames_for(run.config, examples),
+    )
+    rates.update(split=split, seconds=round(time.perf_counter() - started, 2))
+    pairs = list(zip(examples, hypotheses, strict=True))[:5]
+    rates["examples"] = [{"id": e.id, "reference": e.text, "hypothesis": h} for e, h in pairs]
+    return rates
+
+
+def print_rates(rates: dict, prefix: str = "") -> None:
+    """One line of ``evaluate_split``'s rates."""
+    say(
+        f"{prefix}{rates['split']} {rates['mode']} {rates['search']}: WER {100 * rates['wer']:.2f}% "
+        f"CER {100 * rates['cer']:.2f}% ({rates['utterances']} utterances, {rates['words']} words, "
+        f"{rates['seconds']:.1f} s)"
+    )
+
+
+def evaluate(
+    workdir: Path,
+    config: Config,
+    *,
+    splits: Sequence[str] = ("test",),
+    beam: int = 0,
+    modes: Sequence[bool] = (False,),
+    limit: int | None = None,
+    step: int | None = None,
+) -> list[dict]:
+    """The rates of checkpoint ``step`` (default: the latest) on each split, for each mode (streaming True or
+    False); also written to <workdir>/eval_step<step>.json."""
+    run = Run(config, workdir)
+    run.load_frontend()
+    model, variables, step = run.restore_variables(step)
+    results = []
+    for split in splits:
+        for streaming in modes:
+            rates = evaluate_split(run, model, variables, split, beam=beam, streaming=streaming, limit=limit)
+            rates["step"] = step
+            print_rates(rates)
+            results.append(rates)
+    save_json(workdir / f"eval_step{step}.json", results)
+    return results
