@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,9 +34,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from streamformer.io import atomic_directory
+
 from . import from_torchaudio, load_state_dict
 
-__all__ = ["FACTORIES", "build_model", "convert_checkpoint", "load_converted", "main", "torchaudio_model", "verify"]
+__all__ = [
+    "FACTORIES",
+    "build_model",
+    "convert_checkpoint",
+    "load_converted",
+    "main",
+    "torchaudio_model",
+    "verify",
+]
 
 
 def _emformer(**kwargs):
@@ -169,21 +177,12 @@ def _save(output: str, variables, metadata: dict[str, Any], overwrite: bool) -> 
     output = os.path.abspath(output)
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"output: {output!r} exists (pass --overwrite to replace it)")
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
-    try:
+    with atomic_directory(output) as work:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.join(work, "params"), variables)
             checkpointer.wait_until_finished()
         with open(os.path.join(work, "model.json"), "w") as f:
             json.dump(metadata, f, indent=2, sort_keys=True)
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.rename(work, output)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 def load_converted(path: str | os.PathLike):

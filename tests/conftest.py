@@ -1,17 +1,39 @@
 """Shared fixtures. The torchaudio 2.8 reference sets itself up (see convert/reference.py) and fails, never
-skips, when it cannot: parity is the point of these tests."""
+skips, when it cannot: parity is the point of these tests.
+
+One persistent JAX compilation cache serves the whole test run: both xdist workers and every CLI subprocess
+(``python -m train`` reads STREAMFORMER_COMPILATION_CACHE), so a program that several test files or processes
+compile is compiled once. It is kept between runs in .cache/jax-tests (STREAMFORMER_TEST_CACHE moves it).
+"""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+COMPILATION_CACHE = Path(
+    os.environ.get("STREAMFORMER_TEST_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "jax-tests")
+)
+COMPILATION_CACHE.mkdir(parents=True, exist_ok=True)
+os.environ["STREAMFORMER_COMPILATION_CACHE"] = str(COMPILATION_CACHE)  # subprocesses of the CLI
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(COMPILATION_CACHE)  # subprocesses that import jax themselves
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
 
-import numpy as np
-import pytest
-import torch
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-from streamformer.convert import reference
+from streamformer.convert import reference  # noqa: E402
 
+jax.config.update("jax_compilation_cache_dir", str(COMPILATION_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def cache() -> Path:
+    """The test run's persistent compilation cache (for tests that pass it on explicitly)."""
+    return COMPILATION_CACHE
 
 
 @pytest.fixture(scope="session")

@@ -37,11 +37,6 @@ def checkpoint_steps(workdir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(scope="module")
 def straight(tmp_path_factory, cache) -> Path:
     """The uninterrupted reference run: 20 steps, checkpoints every 5 (the last 3 kept)."""
     workdir = tmp_path_factory.mktemp("straight")

@@ -47,9 +47,8 @@ def start(workdir: Path, process_id: int, num_processes: int, port: int, devices
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path, list[dict], dict]:
+def runs(tmp_path_factory, cache) -> tuple[Path, Path, list[dict], dict]:
     """The 2-process run and the 1-process, 4-device reference, started together."""
-    cache = tmp_path_factory.mktemp("jax_cache")
     multi, single = tmp_path_factory.mktemp("two_processes"), tmp_path_factory.mktemp("one_process")
     port = free_port()
     started = [start(multi, i, 2, port, 2, cache) for i in range(2)] + [start(single, 0, 1, 0, 4, cache)]

@@ -81,11 +81,6 @@ def final_params(workdir: Path, config: config_lib.Config):
     return run.restore_variables()[1]["params"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("jax_cache")
-
-
 FIT = ["--preset", "tiny", "--quiet", "--no-eval"] + [
     a for item in MICRO + ["loop.steps=40"] for a in ("--set", item)
 ]

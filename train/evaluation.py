@@ -1,4 +1,5 @@
-"""Word and character error rates of a model on examples: greedy or beam search, offline or streaming.
+"""Word and character error rates of a model on examples: greedy or beam search, offline or streaming, on one
+process or gathered over several.
 
 Offline decoding runs the whole utterance through ``RNNT.transcribe``; streaming feeds it segment by segment
 (S frames plus R look-ahead frames) through ``StreamingDecoder``, as a live stream would arrive.
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
+
 from streamformer.decoding import StreamingDecoder, beam_search, greedy_search, stream_segments
 from streamformer.rnnt import RNNT
 from streamformer.text import Tokenizer
 
 from .corpora.prepare import Example
+from .loop import multihost
 from .loop.batches import batches
 
 __all__ = ["edit_distance", "error_rates", "decode", "evaluate"]
@@ -102,19 +106,24 @@ def evaluate(
     streaming: bool = False,
     bucket_frames: Sequence[int] | None = None,
 ) -> tuple[dict, list[str]]:
-    """(error rates (see ``error_rates``), hypotheses) of decoding ``examples``."""
-    hypotheses = decode(
-        model,
-        variables,
-        examples,
-        tokenizer,
-        batch_size=batch_size,
-        beam_width=beam_width,
-        streaming=streaming,
-        bucket_frames=bucket_frames,
+    """(error rates (see ``error_rates``), hypotheses) of decoding ``examples``. With several processes each
+    decodes its share and all get every transcript (in ``examples``' order) and the rates of the whole set."""
+    options = dict(
+        batch_size=batch_size, beam_width=beam_width, streaming=streaming, bucket_frames=bucket_frames
     )
+    count = jax.process_count()
+    if count == 1:
+        hypotheses = decode(model, variables, examples, tokenizer, **options)
+    else:
+        mine = multihost.share(examples)
+        here = decode(model, multihost.local_copy(variables), mine, tokenizer, **options) if mine else []
+        hypotheses = [""] * len(examples)
+        for index, texts in enumerate(multihost.gather_strings(here)):
+            hypotheses[index::count] = texts
     rates = error_rates([e.text for e in examples], hypotheses)
     rates.update(
         search=f"beam{beam_width}" if beam_width else "greedy", mode="streaming" if streaming else "offline"
     )
+    if count > 1:
+        rates["processes"] = count
     return rates, hypotheses

@@ -8,11 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import Config
+from ..evaluation import evaluate as evaluate_examples
 from ..loop.batches import bucket_frames_for
 from ..loop.metrics import save_json
-from ..loop.multihost import (
-    evaluate as evaluate_examples,  # one process: evaluation.evaluate; several: gathered
-)
 from ..workdir import Run, say
 
 __all__ = ["evaluate", "evaluate_split", "print_rates"]

@@ -37,13 +37,13 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from streamformer.io import atomic_directory
 
 from .espeak_engine import EspeakEngine, seed_libc_rand
 from .sentences import load_sentences, recombine_sentences, split_sentences
@@ -373,24 +373,12 @@ def build_corpus(
     started = time.perf_counter()
     specs = plan_utterances(config)
     shards = [specs[i : i + SHARD_SIZE] for i in range(0, len(specs), SHARD_SIZE)]
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with atomic_directory(root) as staging:
         workers = max(1, min(workers or os.cpu_count() or 1, len(shards)))
         jobs = [(shard, config, str(staging)) for shard in shards]
         with _pool_context().Pool(workers) as pool:
             results = [r for part in pool.imap(_render_shard_star, jobs, chunksize=1) for r in part]
         _write_metadata(staging, results, config, time.perf_counter() - started)
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / root.name)
-            os.replace(staging, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return root
 
 

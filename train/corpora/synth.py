@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from streamformer.io import atomic_directory
 
 __all__ = [
     "ALPHABET",
@@ -361,9 +361,7 @@ def write_librispeech(
     if root.exists():
         if not overwrite:
             raise FileExistsError(f"root: {root} exists; pass overwrite=True to replace it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with atomic_directory(root) as staging:
         chapters: dict[tuple[str, str], list[str]] = {}
         for utt in utterances:
             parts = utt.id.split("-")
@@ -380,16 +378,6 @@ def write_librispeech(
         for (speaker, chapter), lines in chapters.items():
             path = staging / speaker / chapter / f"{speaker}-{chapter}.trans.txt"
             path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / root.name)
-            os.replace(staging, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return root
 
 

@@ -1,5 +1,5 @@
 """Several processes (jax.distributed): their set-up (``initialize``) and what evaluation needs beyond the
-training step.
+training step (``evaluation.evaluate`` uses it).
 
 Training shards each batch over the devices of every process (``mesh.Mesh1D``); evaluation decodes with
 per-process programs instead (beam and streaming search are sequential): each process decodes its share of
@@ -18,9 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .. import evaluation as evaluate_lib
-
-__all__ = ["initialize", "local_copy", "gather_strings", "share", "evaluate"]
+__all__ = ["gather_strings", "initialize", "local_copy", "share"]
 
 
 def initialize(
@@ -65,26 +63,3 @@ def gather_strings(strings: Sequence[str]) -> list[list[str]]:
     padded[: blob.size] = blob
     gathered = multihost_utils.process_allgather(padded)
     return [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(gathered, np.ravel(sizes))]
-
-
-def evaluate(model, variables, examples: Sequence, tokenizer, **options) -> tuple[dict, list[str]]:
-    """``train.evaluate.evaluate`` over all processes: each decodes its share, all get every transcript
-    (in ``examples``' order) and the error rates of the whole set. One process: ``evaluate`` itself."""
-    count = jax.process_count()
-    if count == 1:
-        return evaluate_lib.evaluate(model, variables, examples, tokenizer, **options)
-    mine = share(examples)
-    hypotheses_here = (
-        evaluate_lib.decode(model, local_copy(variables), mine, tokenizer, **options) if mine else []
-    )
-    gathered = gather_strings(hypotheses_here)
-    hypotheses = [""] * len(examples)
-    for index, texts in enumerate(gathered):
-        hypotheses[index::count] = texts
-    rates = evaluate_lib.error_rates([e.text for e in examples], hypotheses)
-    beam_width, streaming = options.get("beam_width", 0), options.get("streaming", False)
-    rates.update(
-        search=f"beam{beam_width}" if beam_width else "greedy", mode="streaming" if streaming else "offline"
-    )
-    rates["processes"] = count
-    return rates, hypotheses
