@@ -360,6 +360,7 @@ FOUR_DEVICES = textwrap.dedent("""
     import jax, numpy as np
     from streamformer.train import config as config_lib
     from streamformer.train.corpora import prepare
+    from streamformer.train.loop.batches import bucket_frames_for
     from streamformer.train.loop.step import build_model
     from streamformer.train.loop.trainer import fit
     from pathlib import Path
@@ -371,7 +372,7 @@ FOUR_DEVICES = textwrap.dedent("""
         (workdir / name).mkdir()
         examples, tokenizer, stats = prepare.prepare_split(config, workdir / name, "train")
         model = build_model(config.model, prepare.check_fits(config, tokenizer, stats))
-        result = fit(config, workdir / name, model, examples, prepare.bucket_frames_for(config, examples),
+        result = fit(config, workdir / name, model, examples, bucket_frames_for(config, examples),
                      blank=tokenizer.blank_id, must_match={}, progress=False, devices=devices)
         losses[name] = [result.losses[s] for s in sorted(result.losses)]
     print(json.dumps(losses))
