@@ -40,27 +40,9 @@ def check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
 
 
-def check_loss_arguments(
-    *,
-    batch: int,
-    max_frames: int,
-    max_target: int,
-    targets: Any,
-    frame_lengths: Any,
-    target_lengths: Any,
-    frame_lengths_name: str,
-    blank: Any,
-    clamp: Any,
-    reduction: Any,
-    fastemit_lambda: Any,
-) -> None:
-    """The checks every RNN-T loss makes.
-
-    ``targets`` (B, U) with U = ``max_target``, ``frame_lengths`` (B,) in [1, T] with T = ``max_frames`` (named
-    ``frame_lengths_name`` in errors: logit_lengths or source_lengths), ``target_lengths`` (B,) in [0, U], all
-    integer; ``blank`` an int, ``clamp`` and ``fastemit_lambda`` (>= 0) floats, ``reduction`` one of
-    :data:`REDUCTIONS`.
-    """
+def check_loss_options(*, blank: Any, reduction: Any, clamp: Any = -1.0, fastemit_lambda: Any = 0.0) -> None:
+    """The options every RNN-T loss takes: ``blank`` an int, ``reduction`` one of :data:`REDUCTIONS`, ``clamp``
+    and ``fastemit_lambda`` (>= 0) floats."""
     if reduction not in REDUCTIONS:
         raise ValueError(f'reduction: expected one of "none", "mean", "sum", got {reduction!r}')
     if not isinstance(blank, (int, np.integer)) or isinstance(blank, bool):
@@ -74,6 +56,18 @@ def check_loss_arguments(
     if fastemit_lambda < 0:
         raise ValueError(f"fastemit_lambda: expected a value >= 0, got {fastemit_lambda}")
 
+
+def check_targets_and_lengths(
+    targets: Any,
+    frame_lengths: Any,
+    target_lengths: Any,
+    shape: tuple[int, int, int],
+    frame_lengths_name: str,
+) -> None:
+    """``targets`` (B, U), ``frame_lengths`` (B,) in [1, T] (named ``frame_lengths_name`` in errors:
+    logit_lengths or source_lengths) and ``target_lengths`` (B,) in [0, U], all integer, for
+    ``shape = (B, T, U)``; values are checked when concrete."""
+    batch, max_frames, max_target = shape
     for name, value in (
         ("targets", targets),
         (frame_lengths_name, frame_lengths),
@@ -91,20 +85,17 @@ def check_loss_arguments(
         if tuple(jnp.shape(value)) != (batch,):
             raise ValueError(f"{name}: expected shape (B,) = ({batch},), got {tuple(jnp.shape(value))}")
 
-    if _checks.is_concrete(frame_lengths):
-        lengths = np.asarray(frame_lengths)
-        if lengths.size and (lengths.min() < 1 or lengths.max() > max_frames):
-            raise ValueError(
-                f"{frame_lengths_name}: expected values in [1, {max_frames}] (T = {max_frames}), "
-                f"got min {lengths.min()}, max {lengths.max()}"
-            )
-    if _checks.is_concrete(target_lengths):
-        lengths = np.asarray(target_lengths)
-        if lengths.size and (lengths.min() < 0 or lengths.max() > max_target):
-            raise ValueError(
-                f"target_lengths: expected values in [0, {max_target}] (U = {max_target}), "
-                f"got min {lengths.min()}, max {lengths.max()}"
-            )
+    for name, value, low, high, letter in (
+        (frame_lengths_name, frame_lengths, 1, max_frames, "T"),
+        ("target_lengths", target_lengths, 0, max_target, "U"),
+    ):
+        if _checks.is_concrete(value):
+            lengths = np.asarray(value)
+            if lengths.size and (lengths.min() < low or lengths.max() > high):
+                raise ValueError(
+                    f"{name}: expected values in [{low}, {high}] ({letter} = {high}), "
+                    f"got min {lengths.min()}, max {lengths.max()}"
+                )
 
 
 def check_target_values(targets: Any, target_lengths: Any, vocab: int, blank: int) -> None:

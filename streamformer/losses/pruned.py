@@ -170,18 +170,9 @@ def rnnt_loss_pruned(
     checks.check_positive_int("prune_range", size)
     checks.check_positive_int("chunk_size", chunk_size)
     targets, source_lengths, target_lengths = map(checks.as_array, (targets, source_lengths, target_lengths))
-    checks.check_loss_arguments(
-        batch=batch,
-        max_frames=frames,
-        max_target=nodes - 1,
-        targets=targets,
-        frame_lengths=source_lengths,
-        target_lengths=target_lengths,
-        frame_lengths_name="source_lengths",
-        blank=blank,
-        clamp=-1.0,
-        reduction=reduction,
-        fastemit_lambda=0.0,
+    checks.check_loss_options(blank=blank, reduction=reduction)
+    checks.check_targets_and_lengths(
+        targets, source_lengths, target_lengths, (batch, frames, nodes - 1), "source_lengths"
     )
     if _checks.is_concrete(ranges):
         values = np.asarray(ranges)

@@ -122,18 +122,9 @@ def rnnt_loss(
     targets, logit_lengths, target_lengths = map(checks.as_array, (targets, logit_lengths, target_lengths))
     if frames < 1 or nodes < 1 or vocab < 2:
         raise ValueError(f"logits: expected T >= 1, U + 1 >= 1 and V >= 2, got shape {tuple(logits.shape)}")
-    checks.check_loss_arguments(
-        batch=batch,
-        max_frames=frames,
-        max_target=nodes - 1,
-        targets=targets,
-        frame_lengths=logit_lengths,
-        target_lengths=target_lengths,
-        frame_lengths_name="logit_lengths",
-        blank=blank,
-        clamp=clamp,
-        reduction=reduction,
-        fastemit_lambda=fastemit_lambda,
+    checks.check_loss_options(blank=blank, reduction=reduction, clamp=clamp, fastemit_lambda=fastemit_lambda)
+    checks.check_targets_and_lengths(
+        targets, logit_lengths, target_lengths, (batch, frames, nodes - 1), "logit_lengths"
     )
     blank = checks.resolve_blank(blank, vocab)
     checks.check_target_values(targets, target_lengths, vocab, blank)
@@ -247,18 +238,9 @@ def rnnt_loss_from_encodings(
             f"got {target_encodings.shape[0]}"
         )
     nodes = target_encodings.shape[1]
-    checks.check_loss_arguments(
-        batch=batch,
-        max_frames=frames,
-        max_target=nodes - 1,
-        targets=targets,
-        frame_lengths=source_lengths,
-        target_lengths=target_lengths,
-        frame_lengths_name="source_lengths",
-        blank=blank,
-        clamp=clamp,
-        reduction=reduction,
-        fastemit_lambda=fastemit_lambda,
+    checks.check_loss_options(blank=blank, reduction=reduction, clamp=clamp, fastemit_lambda=fastemit_lambda)
+    checks.check_targets_and_lengths(
+        targets, source_lengths, target_lengths, (batch, frames, nodes - 1), "source_lengths"
     )
 
     chunk_size = int(min(chunk_size, frames))

@@ -167,18 +167,9 @@ def rnnt_loss_simple(
             f"{tuple(am_logits.shape)} and {tuple(lm_logits.shape)}"
         )
     targets, logit_lengths, target_lengths = map(checks.as_array, (targets, logit_lengths, target_lengths))
-    checks.check_loss_arguments(
-        batch=batch,
-        max_frames=frames,
-        max_target=nodes - 1,
-        targets=targets,
-        frame_lengths=logit_lengths,
-        target_lengths=target_lengths,
-        frame_lengths_name="logit_lengths",
-        blank=blank,
-        clamp=-1.0,
-        reduction=reduction,
-        fastemit_lambda=0.0,
+    checks.check_loss_options(blank=blank, reduction=reduction)
+    checks.check_targets_and_lengths(
+        targets, logit_lengths, target_lengths, (batch, frames, nodes - 1), "logit_lengths"
     )
     lm_scale = _check_scale("lm_only_scale", lm_only_scale)
     am_scale = _check_scale("am_only_scale", am_only_scale)
