@@ -38,9 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from streamformer.losses import rnnt_loss, rnnt_loss_pruned, rnnt_loss_simple, rnnt_prune_ranges
 from streamformer.rnnt import RNNT, pruned_joiner_fn
-from streamformer.rnnt_loss import rnnt_loss
-from streamformer.rnnt_loss_pruned import rnnt_loss_pruned, rnnt_loss_simple, rnnt_prune_ranges
 from streamformer.train.corpora import audio as data_lib
 
 

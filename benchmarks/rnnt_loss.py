@@ -34,7 +34,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from streamformer.rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
+from streamformer.losses import rnnt_loss, rnnt_loss_from_encodings
 
 
 def compile_with_memory(fn, *args, donate: bool = False):

@@ -28,8 +28,7 @@ import jax.numpy as jnp
 from _timing import median_time
 from rnnt_loss import compile_with_memory, gib
 
-from streamformer.rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
-from streamformer.rnnt_loss_pruned import pruned_rnnt_loss
+from streamformer.losses import pruned_rnnt_loss, rnnt_loss, rnnt_loss_from_encodings
 
 
 def cpu_name() -> str:

@@ -9,6 +9,14 @@ from .attention import EmformerLayerState
 from .conv_emformer import ConvEmformer, ConvEmformerLayerState
 from .emformer import Emformer
 from .layout import SegmentLayout, segment_chunks
+from .losses import (
+    pruned_rnnt_loss,
+    rnnt_loss,
+    rnnt_loss_from_encodings,
+    rnnt_loss_pruned,
+    rnnt_loss_simple,
+    rnnt_prune_ranges,
+)
 from .rnnt import (
     RNNT,
     PredictorState,
@@ -20,8 +28,6 @@ from .rnnt import (
     pruned_joiner_fn,
     with_simple_loss_projections,
 )
-from .rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
-from .rnnt_loss_pruned import pruned_rnnt_loss, rnnt_loss_pruned, rnnt_loss_simple, rnnt_prune_ranges
 from .state import batch_axes, reset_streams, select_streams, take_streams
 from .streaming import EmformerState
 

@@ -519,7 +519,7 @@ def test_conv_emformer_rnnt_padded_batch_equals_torchaudio_alone(conv_pair, rng)
 
 def test_joiner_fn_drives_the_memory_efficient_loss(pair, rng):
     """joiner_fn plugs into rnnt_loss_from_encodings: same loss and gradients as the full joint."""
-    from streamformer.rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
+    from streamformer.losses import rnnt_loss, rnnt_loss_from_encodings
 
     model, variables, _ = pair
     source_encodings = jnp.asarray(rng.standard_normal((2, 6, 16)), jnp.float32)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from streamformer.rnnt_loss import rnnt_loss, rnnt_loss_from_encodings
+from streamformer.losses import rnnt_loss, rnnt_loss_from_encodings
 
 STATIC = ("blank", "clamp", "reduction", "fused_log_softmax", "fastemit_lambda")
 

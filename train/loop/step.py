@@ -15,9 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from streamformer.losses import pruned_rnnt_loss, rnnt_loss_from_encodings
 from streamformer.rnnt import RNNT, joiner_fn, pruned_joiner_fn, with_simple_loss_projections
-from streamformer.rnnt_loss import rnnt_loss_from_encodings
-from streamformer.rnnt_loss_pruned import pruned_rnnt_loss
 
 from ..config import Config, ModelConfig, OptimConfig
 from .batches import spec_augment

@@ -1,4 +1,4 @@
-"""Log-mel features of torchaudio's Emformer RNN-T pipeline (EMFORMER_RNNT_BASE_LIBRISPEECH), in JAX.
+"""The log-mel front end of torchaudio's Emformer RNN-T pipeline (EMFORMER_RNNT_BASE_LIBRISPEECH), in JAX.
 
 The pipeline, per utterance, as torchaudio 2.8 builds it in ``pipelines/rnnt_pipeline.py``:
 
@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
-from collections.abc import Iterable, Sequence
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
-from .io import atomic_write_text
+from .. import _checks
+from .stats import GlobalStats
 
 Array = jax.Array
+
 
 # The EMFORMER_RNNT_BASE_LIBRISPEECH bundle's settings.
 SAMPLE_RATE = 16000
@@ -84,56 +81,6 @@ class MelConfig:
     def min_samples(self) -> int:
         """Fewest samples an utterance may have: reflect padding needs more than n_fft // 2 samples."""
         return self.n_fft // 2 + 1
-
-
-@flax.struct.dataclass
-class GlobalStats:
-    """Per-feature normalization statistics; JSON as torchaudio: ``{"mean": [...], "invstddev": [...]}``.
-
-    A pytree, so it can be passed into jitted functions as an argument (no recompilation per statistics).
-
-    Attributes:
-        mean: (D,) float32, mean of each feature before normalization.
-        invstddev: (D,) float32, 1 / standard deviation of each feature before normalization.
-    """
-
-    mean: Array
-    invstddev: Array
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> GlobalStats:
-        """Reads a JSON file of torchaudio's format (e.g. global_stats_rnnt_librispeech.json)."""
-        with open(path) as f:
-            blob = json.load(f)
-        if not isinstance(blob, dict) or "mean" not in blob or "invstddev" not in blob:
-            raise ValueError(f"{os.fspath(path)}: expected a JSON object with 'mean' and 'invstddev' lists")
-        return cls.from_lists(blob["mean"], blob["invstddev"])
-
-    @classmethod
-    def from_lists(cls, mean: Sequence[float], invstddev: Sequence[float]) -> GlobalStats:
-        mean = np.asarray(mean, dtype=np.float32)
-        invstddev = np.asarray(invstddev, dtype=np.float32)
-        if mean.ndim != 1 or mean.shape != invstddev.shape or mean.size == 0:
-            raise ValueError(
-                f"global stats: expected 'mean' and 'invstddev' of one equal length D, got shapes "
-                f"{mean.shape} and {invstddev.shape}"
-            )
-        if not (np.isfinite(mean).all() and np.isfinite(invstddev).all()):
-            raise ValueError("global stats: expected finite 'mean' and 'invstddev', got NaN or Inf")
-        return cls(mean=mean, invstddev=invstddev)
-
-    @property
-    def num_features(self) -> int:
-        return int(np.shape(self.mean)[0])
-
-    def to_json(self) -> str:
-        mean = np.asarray(self.mean, dtype=np.float32)
-        invstddev = np.asarray(self.invstddev, dtype=np.float32)
-        return json.dumps({"mean": mean.tolist(), "invstddev": invstddev.tolist()}, indent=2)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the JSON file atomically (a temporary file in the same folder, then os.replace)."""
-        atomic_write_text(path, self.to_json() + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -435,185 +382,3 @@ def extract_features(
         waveform, lengths, global_stats.mean, global_stats.invstddev, config, int(right_padding)
     )
     return _unbatch(features, waveform), feature_lengths
-
-
-class FeatureExtractor:
-    """torchaudio's ``EMFORMER_RNNT_BASE_LIBRISPEECH.get_feature_extractor()``: full-utterance features.
-
-    ``FeatureExtractor(stats)(waveform, lengths)`` == ``extract_features(waveform, stats, lengths,
-    right_padding=self.right_padding)``; see :func:`extract_features` for shapes.
-    """
-
-    def __init__(
-        self,
-        global_stats: GlobalStats | str | os.PathLike,
-        right_padding: int = RIGHT_PADDING,
-        config: MelConfig = MelConfig(),
-    ):
-        if not isinstance(global_stats, GlobalStats):
-            global_stats = GlobalStats.load(global_stats)
-        self.global_stats = global_stats
-        self.right_padding = right_padding
-        self.config = config
-
-    def __call__(
-        self, waveform: Array, lengths: Array | None = None, *, sample_rate: int | None = None
-    ) -> tuple[Array, Array]:
-        return extract_features(
-            waveform,
-            self.global_stats,
-            lengths,
-            right_padding=self.right_padding,
-            config=self.config,
-            sample_rate=sample_rate,
-        )
-
-
-class StreamingFeatureExtractor(FeatureExtractor):
-    """torchaudio's ``get_streaming_feature_extractor()``: features of one chunk, no right padding.
-
-    As in torchaudio's streaming demo, a stream is cut into chunks of (segment_length + right_context_length)
-    * hop_length samples every segment_length * hop_length samples, the last one zero-padded; each chunk is
-    featurized on its own (its own reflect padding at both ends). :meth:`chunk` does that cutting.
-    """
-
-    def __init__(self, global_stats: GlobalStats | str | os.PathLike, config: MelConfig = MelConfig()):
-        super().__init__(global_stats, right_padding=0, config=config)
-
-    def chunk(
-        self,
-        waveform: Array,
-        segment_length: int = SEGMENT_LENGTH,
-        right_context_length: int = RIGHT_CONTEXT_LENGTH,
-    ) -> Array:
-        return chunk_waveform(waveform, segment_length, right_context_length, config=self.config)
-
-
-def chunk_waveform(
-    waveform: Array,
-    segment_length: int = SEGMENT_LENGTH,
-    right_context_length: int = RIGHT_CONTEXT_LENGTH,
-    *,
-    config: MelConfig = MelConfig(),
-) -> Array:
-    """Cuts a stream as torchaudio's streaming demo does.
-
-    ``for i in range(0, N, S * hop): chunk = pad(w[i : i + (S + R) * hop])`` with zeros on the right.
-
-    Args:
-        waveform: (N,) float samples.
-        segment_length: S, frames per segment.
-        right_context_length: R, right-context frames.
-
-    Returns:
-        (C, (S + R) * hop_length) chunks, C = ceil(N / (S * hop_length)); feed them to a
-        StreamingFeatureExtractor as a batch, each giving (S + R) + 1 frames.
-    """
-    waveform = jnp.asarray(waveform)
-    if waveform.ndim != 1 or waveform.shape[0] == 0:
-        raise ValueError(f"waveform: expected a non-empty (N,) waveform, got shape {tuple(waveform.shape)}")
-    for name, value in (("segment_length", segment_length), ("right_context_length", right_context_length)):
-        if not isinstance(value, int | np.integer) or value < 0 or (name == "segment_length" and value == 0):
-            raise ValueError(
-                f"{name}: expected a {'positive' if name == 'segment_length' else 'non-negative'} "
-                f"int, got {value!r}"
-            )
-    step = segment_length * config.hop_length
-    width = (segment_length + right_context_length) * config.hop_length
-    num_chunks = -(-waveform.shape[0] // step)
-    padded = jnp.pad(waveform, (0, (num_chunks - 1) * step + width - waveform.shape[0]))
-    index = jnp.arange(num_chunks)[:, None] * step + jnp.arange(width)[None, :]
-    return padded[index]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Global statistics
-
-
-def compute_global_stats(features: Iterable[Array | tuple[Array, Array]]) -> GlobalStats:
-    """Mean and 1 / standard deviation of each feature over all frames, as torchaudio's global_stats.py.
-
-    Feed the pipeline's features BEFORE normalization (:func:`log_mel_spectrogram`). The standard deviation is
-    the population one, sqrt(E[x^2] - E[x]^2), as torchaudio's script computes it; sums are accumulated in
-    float64 (torchaudio keeps running float32 averages, so figures differ in the last digits).
-
-    Args:
-        features: an iterable of either (T, D) arrays (one utterance each) or (features (B, T, D),
-            lengths (B,)) pairs, where only the first lengths[b] frames of row b count.
-
-    Returns:
-        GlobalStats with (D,) mean and invstddev.
-    """
-    total = total_sq = None
-    count = 0
-    for i, item in enumerate(features):
-        if isinstance(item, tuple):
-            if len(item) != 2:
-                raise ValueError(f"features[{i}]: expected an array or a (features, lengths) pair")
-            batch, lengths = np.asarray(item[0], np.float64), np.asarray(item[1])
-            if batch.ndim != 3 or lengths.shape != batch.shape[:1]:
-                raise ValueError(
-                    f"features[{i}]: expected (B, T, D) features and (B,) lengths, got {batch.shape} and "
-                    f"{lengths.shape}"
-                )
-            mask = np.arange(batch.shape[1])[None, :] < lengths[:, None]
-            frames = batch[mask]
-        else:
-            frames = np.asarray(item, np.float64)
-            if frames.ndim != 2:
-                raise ValueError(f"features[{i}]: expected (T, D) features, got shape {frames.shape}")
-        if total is None:
-            total = np.zeros(frames.shape[-1])
-            total_sq = np.zeros(frames.shape[-1])
-        elif frames.shape[-1] != total.shape[0]:
-            raise ValueError(f"features[{i}]: expected D = {total.shape[0]} features, got {frames.shape[-1]}")
-        if not np.isfinite(frames).all():
-            raise ValueError(f"features[{i}]: expected finite values, got NaN or Inf")
-        total += frames.sum(0)
-        total_sq += np.square(frames).sum(0)
-        count += frames.shape[0]
-    if count == 0:
-        raise ValueError("features: expected at least one frame, got none")
-    mean = total / count
-    variance = np.maximum(total_sq / count - np.square(mean), 0.0)
-    stddev = np.sqrt(variance)
-    if (stddev == 0).any():
-        raise ValueError(
-            f"features: expected every feature to vary, got zero variance in feature(s) "
-            f"{np.flatnonzero(stddev == 0).tolist()} over {count} frames"
-        )
-    return GlobalStats.from_lists(mean.astype(np.float32), (1.0 / stddev).astype(np.float32))
-
-
-def _read_audio(path: str, config: MelConfig) -> np.ndarray:
-    try:
-        import soundfile
-    except ImportError as error:  # optional dependency
-        raise ImportError(
-            "reading audio files needs soundfile: pip install 'streamformer[train]' (or soundfile)"
-        ) from error
-    samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    if rate != config.sample_rate:
-        raise ValueError(f"{path}: expected sample rate {config.sample_rate}, got {rate}; resample it first")
-    if samples.shape[1] != 1:
-        raise ValueError(f"{path}: expected mono audio, got {samples.shape[1]} channels")
-    return samples[:, 0]
-
-
-def global_stats_of_files(paths: Iterable[str], config: MelConfig = MelConfig()) -> GlobalStats:
-    """compute_global_stats over audio files (wav, flac, ... read with soundfile), one utterance each.
-
-    Each file is zero-padded to a whole number of seconds and featurized with its true length, so one
-    compilation serves every file of the same rounded duration instead of one per distinct length.
-    """
-
-    def features():
-        for path in paths:
-            samples = _read_audio(path, config)
-            width = max(-(-samples.shape[0] // config.sample_rate), 1) * config.sample_rate
-            padded = np.zeros((1, width), np.float32)
-            padded[0, : samples.shape[0]] = samples
-            lengths = np.array([samples.shape[0]], np.int32)
-            yield log_mel_spectrogram(padded, lengths, config=config), frame_lengths(lengths, config)
-
-    return compute_global_stats(features())
