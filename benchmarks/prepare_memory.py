@@ -1,4 +1,4 @@
-"""Peak memory and time of featurising a training split (train.prepare.prepare_split), by FEATURE_CHUNK.
+"""Peak memory and time of featurising a training split (train/corpora/prepare.py: prepare_split), by FEATURE_CHUNK.
 
     python benchmarks/prepare_memory.py /tmp/sp/espeak3/train 2048
     python benchmarks/prepare_memory.py /tmp/sp/espeak3/train 100000000    # the whole split's audio at once

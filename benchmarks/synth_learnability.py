@@ -1,4 +1,4 @@
-"""How fast the embedded synthetic dataset (train.synth) generates, and how fast a small model learns it.
+"""How fast the embedded synthetic dataset (train/corpora/synth.py) generates, and how fast a small model learns it.
 
 A probe, not the trainer: streamformer's Emformer (4 layers x 128, segment 16, right context 4, left context
 32, time reduction 4) with a CTC head on words (one token per vocabulary word, as a sentencepiece model of 80

@@ -2,7 +2,7 @@
 beam search and modified beam search at the same width, offline and streaming; and the error of word start
 times derived from the searches' timestamps against the synthesiser's true word starts.
 
-The synthesiser (train/synth.py) gives each word's true start and end (``Utterance.word_spans``).
+The synthesiser (train/corpora/synth.py) gives each word's true start and end (``Utterance.word_spans``).
 
 Run: ``python benchmarks/trained_decoding.py --workdir runs/main [--beam 4] [--limit N]``.
 """

@@ -1,4 +1,4 @@
-"""Batch transcription (train/batch_transcribe.py): offline batches equal streaming, results in input order,
+"""Batch transcription (train/commands/batch_transcribe.py): offline batches equal streaming, results in input order,
 word times within the audio; the manifest reader and its errors; the batch mode end to end on wav files
 (progress bar, throughput line, JSON lines). A tiny model with 80 mel inputs and a stand-in tokenizer."""
 

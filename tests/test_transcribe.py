@@ -1,4 +1,4 @@
-"""The transcribe path on files a user brings (train/transcribe.py): rates and channels, chunked features,
+"""The transcribe path on files a user brings (train/commands/transcribe.py): rates and channels, chunked features,
 streaming chunks, silence and clipping, and bad files (missing, empty, undecodable) in a batch that goes on."""
 
 import io

@@ -117,7 +117,7 @@ class DataConfig:
     global_stats: path of a global_stats.json; empty: computed from the train features.
     batch_size: utterances per step (global, over all devices); num_buckets: static batch shapes by length.
     spec_augment: apply torchaudio's recipe masks (frequency masks, time masks) to training batches; the
-        next five fields are ``train.data.spec_augment``'s arguments of the same names.
+        next five fields are ``loop.batches.spec_augment``'s arguments of the same names.
     strict: an unusable utterance (undecodable, empty or silent audio, a transcript the tokenizer cannot
         encode) is an error; by default it is skipped, named in the log and counted in the metrics.
     """
@@ -141,7 +141,7 @@ class DataConfig:
     strict: bool = False
 
     def spec_augment_arguments(self) -> dict:
-        """The keyword arguments of ``train.data.spec_augment`` this config sets."""
+        """The keyword arguments of ``loop.batches.spec_augment`` this config sets."""
         return {name: getattr(self, name) for name in SPEC_AUGMENT_FIELDS}
 
 
@@ -226,7 +226,7 @@ def _conv_tiny() -> Config:
 
 def _speech() -> Config:
     """A small Emformer RNN-T (0.7 M parameters; the Emformer's width is time_reduction_input_dim x stride =
-    128) for real speech on a few CPU cores: the espeak-ng corpus (``main --data espeak``, train/espeak.py) or
+    128) for real speech on a few CPU cores: the espeak-ng corpus (``main --data espeak``, train/corpora/espeak.py) or
     LibriSpeech. Batch 32 (8 never left the blank-only stage), Adam 2e-3 with 300 warm-up steps, cosine over
     6500 steps, the pruned loss (1.7x the steps a minute of the full loss here, the same WER per step):
     44 minutes on 2 cores, test WER 59.9 % / 64.2 % (seen / unseen speakers, greedy; 50.0 % / 54.3 % with
