@@ -127,10 +127,11 @@ class Checkpoints:
             return step
         return None
 
-    def set_aside_damaged(self, stream=sys.stderr) -> list[integrity.DamagedCheckpointError]:
+    def set_aside_damaged(self, stream=None) -> list[integrity.DamagedCheckpointError]:
         """Renames each damaged checkpoint newer than the newest intact one to <step>.damaged (orbax ignores
         it; it stays for inspection), with one warning line each; returns their errors. With several
         processes every one checks, the first renames."""
+        stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         damaged = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:

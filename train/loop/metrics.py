@@ -94,7 +94,8 @@ class MetricsLog:
 class Progress:
     """A one-line progress display on stderr (rewritten in place on a terminal, one line per update else)."""
 
-    def __init__(self, total: int, start: int, stream=sys.stderr, enabled: bool = True):
+    def __init__(self, total: int, start: int, stream=None, enabled: bool = True):
+        stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         self.total, self.start, self.stream, self.enabled = total, start, stream, enabled
         self.started = time.perf_counter()
         self.tty = getattr(stream, "isatty", lambda: False)()
