@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from _timing import median_time
 
-from streamformer.decoding import StreamingDecoder, beam_search, greedy_search
+from streamformer.decoding import BeamSearch, StreamingDecoder, beam_search, greedy_search
 from streamformer.rnnt import emformer_rnnt_base
 
 FRAMES, MELS, V = 1000, 80, 4097
@@ -127,7 +127,7 @@ def main() -> None:
         segments = FRAMES // S
         chunks = [batch_features[:, i * S : i * S + S + R] for i in range(segments)]
         for beam in args.beams[:1]:
-            decoder = StreamingDecoder(model, variables, beam_width=beam)
+            decoder = StreamingDecoder(model, variables, search=BeamSearch(beam))
 
             def ours_stream(batch, decoder=decoder):
                 state = decoder.init(batch)

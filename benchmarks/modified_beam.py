@@ -23,12 +23,7 @@ import jax
 import numpy as np
 from _timing import median_time
 
-from streamformer.decoding import (
-    ModifiedBeamSearch,
-    StreamingDecoder,
-    modified_beam_search,
-    stream_segments,
-)
+from streamformer.decoding import ModifiedBeamSearch, StreamingDecoder, modified_beam_search
 from streamformer.rnnt import emformer_rnnt_base
 
 FRAMES, MELS, V, BEAM, BATCH = 1000, 80, 4097, 4, 32
@@ -104,8 +99,7 @@ def main() -> None:
         )
     if not args.skip_streaming:
         decoder = StreamingDecoder(model, variables, search=ModifiedBeamSearch(BEAM))
-        S = model.segment_length
-        chunks = list(stream_segments(x[:, :FRAMES], lengths, S, R))
+        chunks = list(model.layout.iter_chunks(x[:, :FRAMES], lengths))
 
         def stream():
             state = decoder.init(BATCH)

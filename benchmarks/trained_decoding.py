@@ -114,20 +114,18 @@ def endpoint_check(run, model, variables, count: int, silence_seconds: float = 1
     for f in alone_features:
         x = np.zeros((1, f.shape[0] + R, f.shape[1]), np.float32)
         x[0, : f.shape[0]] = f
-        alone.append(
-            run.tokenizer.decode(
-                greedy_search(model, variables, x, np.array([f.shape[0]]), blank=run.tokenizer.blank_id)[0]
-            )
-        )
+        (best,) = greedy_search(model, variables, x, np.array([f.shape[0]]), blank=run.tokenizer.blank_id)[0]
+        alone.append(run.tokenizer.decode(best.tokens))
     decoder = StreamingDecoder(model, variables, search=GreedySearch(), blank=run.tokenizer.blank_id)
     endpoint = EndpointConfig((EndpointRule(True, 0.8, 0.0),))
     state = decoder.init(1)
     pieces, ends = [], []
-    for i, (chunk, lengths) in enumerate(decoder_chunks(features, S, R)):
+    chunks = model.layout.iter_chunks(features[None], np.array([features.shape[0]]))
+    for i, (chunk, lengths) in enumerate(chunks):
         state = decoder.step(state, chunk, lengths)
         state, finished = endpoint_step(decoder, state, endpoint)
-        for _, tokens, _ in finished:
-            pieces.append(run.tokenizer.decode(tokens))
+        for _, hypotheses, _ in finished:
+            pieces.append(run.tokenizer.decode(hypotheses[0].tokens))
             ends.append((i + 1) * S / 100)
     boundaries = np.cumsum([(u.audio.size + gap.size) / 16000 for u in utterances])
     print(
@@ -146,12 +144,6 @@ def endpoint_check(run, model, variables, count: int, silence_seconds: float = 1
         f"pieces: {len(pieces)} for {count} utterances; equal to alone: "
         f"{sum(p == a for p, a in zip(pieces, alone))}"
     )
-
-
-def decoder_chunks(features: np.ndarray, S: int, R: int):
-    from streamformer.decoding import stream_segments
-
-    yield from stream_segments(features[None], np.array([features.shape[0]]), S, R)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ shared through module-scoped fixtures."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +15,13 @@ import torch
 
 from streamformer.convert import from_torchaudio
 from streamformer.decoding import (
+    BeamSearch,
+    GreedySearch,
     Hypothesis,
+    Search,
     StreamingDecoder,
     beam_search,
+    decode,
     greedy_search,
 )
 from streamformer.rnnt import emformer_rnnt_model
@@ -56,7 +62,7 @@ def sources():
 @pytest.fixture(scope="module")
 def beam_decoder(pair):
     model, variables, _ = pair
-    return StreamingDecoder(model, variables, beam_width=3)
+    return StreamingDecoder(model, variables, search=BeamSearch(3))
 
 
 @pytest.fixture(scope="module")
@@ -101,19 +107,25 @@ def plain_fns(pair):
 
 def _reference_greedy(plain_fns, encodings, max_symbols):
     """A plain loop over one utterance's encoder frames (T', D): per frame join, arg max, and predict on a
-    non-blank token, at most max_symbols times."""
+    non-blank token, at most max_symbols times. Returns the tokens and the path's log-probability (the sum
+    of the chosen symbols' log-probabilities, the blanks that end frames included)."""
     predict, join, _ = plain_fns
     out, state = predict(jnp.array([[BLANK]]), None)[0::2]
-    tokens = []
+    tokens, score = [], 0.0
     for frame in encodings:
         for _ in range(max_symbols):
-            logits = np.asarray(join(jnp.asarray(frame)[None, None], out))[0, 0, 0]
+            logits = np.asarray(join(jnp.asarray(frame)[None, None], out), np.float64)[0, 0, 0]
             token = int(np.argmax(logits))
+            score += logits[token] - np.logaddexp.reduce(logits)
             if token == BLANK:
                 break
             tokens.append(token)
             out, _, state = predict(jnp.array([[token]]), state)
-    return tokens
+    return tokens, score
+
+
+def _best_tokens(results: list[list[Hypothesis]]) -> list[list[int]]:
+    return [hypotheses[0].tokens for hypotheses in results]
 
 
 @pytest.mark.parametrize("max_symbols", [1, 3])
@@ -123,32 +135,61 @@ def test_greedy_matches_plain_loop(pair, sources, plain_fns, max_symbols):
     ours = greedy_search(model, variables, x, lengths, max_symbols_per_step=max_symbols)
     encodings, encoding_lengths = plain_fns[2](x, lengths)
     for b, n in enumerate(np.asarray(encoding_lengths)):
-        assert ours[b] == _reference_greedy(plain_fns, np.asarray(encodings[b, :n]), max_symbols)
-    assert sum(len(t) for t in ours) > 6  # non-trivial: tokens are emitted
+        tokens, score = _reference_greedy(plain_fns, np.asarray(encodings[b, :n]), max_symbols)
+        assert [h.tokens for h in ours[b]] == [tokens]  # one hypothesis per utterance
+        assert abs(ours[b][0].score - score) < SCORE_ATOL, (ours[b][0].score, score)
+    assert sum(len(t) for t in _best_tokens(ours)) > 6  # non-trivial: tokens are emitted
     if max_symbols == 3:
-        counts = [len(t) for t in ours]
+        counts = [len(t) for t in _best_tokens(ours)]
         capped = greedy_search(model, variables, x, lengths, max_symbols_per_step=1)
-        assert [len(t) for t in capped] != counts  # several tokens per frame do happen
+        assert [len(t) for t in _best_tokens(capped)] != counts  # several tokens per frame do happen
+    # Any object with the search contract decodes: here one of our own, written over GreedySearch.
+    assert isinstance(GreedySearch(), Search) and isinstance(_OwnSearch(GreedySearch()), Search)
+    if max_symbols == 3:
+        assert decode(model, variables, x, lengths, _OwnSearch(GreedySearch(3))) == ours
+
+
+@dataclasses.dataclass(frozen=True)
+class _OwnSearch(Search):
+    """A search written outside streamformer: the contract's three methods, the defaults for the rest."""
+
+    inner: GreedySearch
+
+    def init(self, model, variables, batch_size, *, blank, max_tokens):
+        return self.inner.init(model, variables, batch_size, blank=blank, max_tokens=max_tokens)
+
+    def frames(self, model, variables, state, encodings, lengths, *, blank):
+        return self.inner.frames(model, variables, state, encodings, lengths, blank=blank)
+
+    def result(self, state):
+        return self.inner.result(state)
+
+    def token_room(self, frames):
+        return self.inner.token_room(frames)
 
 
 def test_greedy_streaming_equals_offline(pair, sources):
     model, variables, _ = pair
     x, lengths = sources
-    decoder = StreamingDecoder(model, variables, greedy=True, max_symbols_per_step=3)
+    decoder = StreamingDecoder(model, variables, search=GreedySearch(3))
     state = decoder.init(3)
     for i in range(0, 40, S):
         valid = np.clip(lengths - i, 0, S)
         state = decoder.step(state, x[:, i : i + S + R], np.where(valid > 0, valid + R, 0))
     offline = greedy_search(model, variables, x, lengths, max_symbols_per_step=3)
-    assert decoder.result(state) == offline
+    assert _best_tokens(decoder.result(state)) == _best_tokens(offline)
+    np.testing.assert_allclose(
+        [u[0].score for u in decoder.result(state)], [u[0].score for u in offline], atol=SCORE_ATOL
+    )
+    offline = _best_tokens(offline)
     # Slot 1 starts afresh on utterance 0 while the others stay as they were.
     state = decoder.reset(state, np.array([False, True, False]))
-    assert decoder.result(state) == [offline[0], [], offline[2]]
+    assert _best_tokens(decoder.result(state)) == [offline[0], [], offline[2]]
     for i in range(0, 40, S):
         chunk = np.zeros((3, S + R, F), np.float32)
         chunk[1] = x[0, i : i + S + R]
         state = decoder.step(state, chunk, np.array([0, S + R, 0]))
-    assert decoder.result(state) == [offline[0], offline[0], offline[2]]
+    assert _best_tokens(decoder.result(state)) == [offline[0], offline[0], offline[2]]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -185,7 +226,9 @@ def test_streaming_beam_matches_torchaudio_infer(pair, sources, torch_search, be
     running the three utterances as one batch (streams finishing at different steps)."""
     model, variables, _ = pair
     x, lengths = sources
-    decoder = beam_decoder if beam_width == 3 else StreamingDecoder(model, variables, beam_width=beam_width)
+    decoder = (
+        beam_decoder if beam_width == 3 else StreamingDecoder(model, variables, search=BeamSearch(beam_width))
+    )
     state = decoder.init(3)
     for i in range(0, 40, S):
         state = decoder.step(state, x[:, i : i + S + R], np.where(lengths > i, S + R, 0))
@@ -274,7 +317,7 @@ def test_bad_arguments_are_rejected(pair, sources):
         beam_search(model, variables, x, lengths, beam_width=2, temperature=0.0)
     with pytest.raises(ValueError, match="max_symbols_per_step"):
         greedy_search(model, variables, x, lengths, max_symbols_per_step=0)
-    decoder = StreamingDecoder(model, variables, beam_width=2)
+    decoder = StreamingDecoder(model, variables, search=BeamSearch(2))
     state = decoder.init(2)
     with pytest.raises(ValueError, match="segment_features"):
         decoder.step(state, np.zeros((2, S, F), np.float32), np.array([S, S]))
@@ -282,3 +325,11 @@ def test_bad_arguments_are_rejected(pair, sources):
         decoder.step(state, np.zeros((2, S + R, F), np.float32), np.array([S + R + 1, 0]))
     with pytest.raises(ValueError, match="mask"):
         decoder.reset(state, np.array([True]))
+    with pytest.raises(TypeError, match="search: .* got object without init, frames, result"):
+        StreamingDecoder(model, variables, search=object())
+    with pytest.raises(TypeError, match="search: expected a hashable"):
+        decode(model, variables, x, lengths, _UnhashableSearch())
+
+
+class _UnhashableSearch(GreedySearch):
+    __hash__ = None

@@ -16,14 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from streamformer.decoding import (  # noqa: F401  (the live offline path)
-    GreedySearch,
-    ModifiedBeamSearch,
-    StreamingDecoder,
-    greedy_frames,
-    init_greedy_state,
-    stream_segments,
-)
+from streamformer.decoding import GreedySearch, ModifiedBeamSearch, StreamingDecoder
 from streamformer.decoding.export import export_transducer, load_exported
 from streamformer.rnnt import RNNT
 from tests.decoding_cases import BLANK, padded_sources, tiny_model
@@ -74,7 +67,7 @@ def test_exported_equals_live_in_a_fresh_process(model_and_variables, tmp_path):
     # The live model: the streaming decoder, and the offline search on the same padded width.
     decoder = StreamingDecoder(model, variables, search=search, max_tokens=MAX_TOKENS)
     state = decoder.init(2)
-    chunks = list(stream_segments(x[:, :MAX_FRAMES], lengths, S, R))
+    chunks = list(model.layout.iter_chunks(x[:, :MAX_FRAMES], lengths))
     inputs = {"steps": len(chunks), "sources": x, "source_lengths": lengths.astype(np.int32)}
     for i, (chunk, chunk_lengths) in enumerate(chunks):
         inputs[f"chunk{i}"], inputs[f"lengths{i}"] = chunk, chunk_lengths.astype(np.int32)
@@ -96,7 +89,7 @@ def test_exported_equals_live_in_a_fresh_process(model_and_variables, tmp_path):
         np.testing.assert_array_equal(out[f"state{i}"], np.asarray(leaf))  # bit-exact
     live = decoder.result(state)
     for b in range(2):
-        assert out["tokens"][b, : out["counts"][b]].tolist() == live[b]
+        assert out["tokens"][b, : out["counts"][b]].tolist() == live[b][0].tokens
     # Offline: the exported program equals greedy_search bit for bit.
     from streamformer.decoding import greedy_search
 
@@ -106,7 +99,7 @@ def test_exported_equals_live_in_a_fresh_process(model_and_variables, tmp_path):
         (out["off_tokens"][b, : counts[b]].tolist(), out["off_frames"][b, : counts[b]].tolist())
         for b in range(2)
     ]
-    assert got == offline
+    assert got == [(u[0].tokens, u[0].timestamps) for u in offline]
     size = sum(f.stat().st_size for f in artifact.iterdir())
     print(f"artifact {size / 1e6:.2f} MB, load {report['load_seconds']:.2f} s")
 
@@ -123,7 +116,7 @@ def test_modified_beam_export_and_bad_artifacts(model_and_variables, tmp_path):
     x, lengths = padded_sources()
     decoder = StreamingDecoder(model, variables, search=search, max_tokens=8)
     live = decoder.init(1)
-    for chunk, chunk_lengths in stream_segments(x[:1, :16], np.array([16]), S, R):
+    for chunk, chunk_lengths in model.layout.iter_chunks(x[:1, :16], np.array([16])):
         live = decoder.step(live, chunk, chunk_lengths)
         state, tokens, frames, counts = exported.step(state, chunk, chunk_lengths.astype(np.int32))
     for a, b in zip(state, jax.tree_util.tree_leaves(live)):

@@ -21,7 +21,6 @@ from streamformer.decoding import (
     greedy_search,
     word_times,
 )
-from streamformer.decoding import beam as beam_module
 from streamformer.rnnt import RNNT
 from tests.decoding_cases import BLANK, F, padded_sources, tiny_model
 from tests.rnnt_cases import STRIDE, R, S
@@ -64,7 +63,11 @@ def test_greedy_timestamps_match_plain_loop(setup):
     model, variables, x, lengths, encodings, encoding_lengths = setup
     plain = greedy_search(model, variables, x, lengths, max_symbols_per_step=3)
     timed = greedy_search(model, variables, x, lengths, max_symbols_per_step=3, return_timestamps=True)
-    assert [tokens for tokens, _ in timed] == plain  # the default return value is unchanged
+    assert [[(h.tokens, h.score) for h in u] for u in timed] == [
+        [(h.tokens, h.score) for h in u] for u in plain
+    ]
+    assert all(h.timestamps is None for u in plain for h in u)  # the default return value is unchanged
+    timed = [(u[0].tokens, u[0].timestamps) for u in timed]  # greedy search: one hypothesis per utterance
     repeated = False
     for b, n in enumerate(encoding_lengths):
         assert timed[b] == _plain_greedy(model, variables, encodings[b, :n], 3)
@@ -98,9 +101,8 @@ def test_beam_timestamps_prefix_property(setup, offline_beam):
     rows = [(b, t) for b, n in enumerate(encoding_lengths) for t in range(n)]
     stacked = jnp.asarray(encodings[[b for b, _ in rows]])
     start = search.init(model, variables, len(rows), blank=BLANK, max_tokens=64)
-    truncated = beam_module._search_frames(
-        model, variables, search, start, stacked, jnp.array([t + 1 for _, t in rows]), blank=BLANK
-    )
+    frames = jax.jit(search.frames, static_argnums=0, static_argnames="blank")  # the search contract's step
+    truncated = frames(model, variables, start, stacked, jnp.array([t + 1 for _, t in rows]), blank=BLANK)
     assert not np.any(np.asarray(truncated.overflow))
     beams = dict(zip(rows, search.result(truncated)))
     for b, n in enumerate(encoding_lengths):
@@ -139,12 +141,10 @@ def test_streaming_timestamps_equal_offline(setup, offline_beam, search):
                 chunk[b] = x[b, i : i + S + R]
                 chunk_lengths[b] = S + R
         state = decoder.step(state, chunk, chunk_lengths)
-    results = decoder.result(state)
-    if isinstance(search, BeamSearch):
-        results = [u[0] for u in results]
-        assert [(h.tokens, h.timestamps) for h in results] == [(h.tokens, h.timestamps) for h in offline]
-    else:
-        assert results == offline
+    results = [u[0] for u in decoder.result(state)]
+    if isinstance(search, GreedySearch):
+        offline = [u[0] for u in offline]
+    assert [(h.tokens, h.timestamps) for h in results] == [(h.tokens, h.timestamps) for h in offline]
 
 
 def test_word_times():

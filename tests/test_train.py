@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from streamformer.decoding import stream_segments
+from streamformer.layout import SegmentLayout
 from streamformer.train import config as config_lib
 from streamformer.train.__main__ import main as cli
 from streamformer.train.evaluation import edit_distance, error_rates
@@ -132,19 +132,19 @@ def test_error_rates():
     assert rates["char_errors"] == 1 + 4 and rates["chars"] == 10 + 4
 
 
-def test_stream_segments_lengths():
+def test_iter_chunks_lengths():
     features = np.zeros((2, 23, 3), np.float32)
-    chunks = list(stream_segments(features, np.array([19, 8]), 8, 4))
+    chunks = list(SegmentLayout(8, 4).iter_chunks(features, np.array([19, 8])))
     assert len(chunks) == 3 and all(c.shape == (2, 12, 3) for c, _ in chunks)
     assert [c[1].tolist() for c in chunks] == [[12, 12], [12, 0], [7, 0]]
 
 
-def test_stream_segments_take_the_look_ahead_after_the_valid_frames():
+def test_iter_chunks_take_the_look_ahead_after_the_valid_frames():
     """A partial last chunk: its valid frames, then (after padding) the R frames that follow them, not the
     frames that happen to sit after the segment's end."""
     features = np.full((1, 30, 1), -1.0, np.float32)  # junk
     features[0, :23, 0] = np.arange(23)  # 19 valid frames, then their 4 look-ahead frames 19..22
-    chunks = list(stream_segments(features, np.array([19]), 8, 4))
+    chunks = list(SegmentLayout(8, 4).iter_chunks(features, np.array([19])))
     last, length = chunks[-1]
     assert length.tolist() == [7]
     assert last[0, :3, 0].tolist() == [16, 17, 18] and last[0, -4:, 0].tolist() == [19, 20, 21, 22]

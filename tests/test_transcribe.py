@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from streamformer.decoding import stream_segments
 from streamformer.features import GlobalStats, log_mel_spectrogram
+from streamformer.layout import SegmentLayout
 from streamformer.text import Tokenizer, train_bpe
 from streamformer.train import config as config_lib
 from streamformer.train.commands.transcribe import (
@@ -80,11 +80,11 @@ def test_a_file_shorter_than_a_window_still_gives_a_frame():
 
 
 @pytest.mark.parametrize("frames", [5, 48, 100, 131])
-def test_stream_chunks_equal_stream_segments(frames):
+def test_stream_chunks_equal_iter_chunks(frames):
     features = np.random.default_rng(frames).standard_normal((frames, 3)).astype(np.float32)
     blocks = iter(np.array_split(features, max(frames // 17, 1)))
     ours = list(stream_chunks(blocks, 16, 4))
-    reference = list(stream_segments(features[None], np.array([frames]), 16, 4))
+    reference = list(SegmentLayout(16, 4).iter_chunks(features[None], np.array([frames])))
     assert len(ours) == len(reference)
     for (chunk, length, _), (want, want_length) in zip(ours, reference):
         np.testing.assert_array_equal(length, want_length)

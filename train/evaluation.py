@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import jax
 
-from streamformer.decoding import StreamingDecoder, beam_search, greedy_search, stream_segments
+from streamformer import decoding
+from streamformer.decoding import BeamSearch, GreedySearch, StreamingDecoder
 from streamformer.rnnt import RNNT
 from streamformer.text import Tokenizer
 
@@ -71,27 +72,22 @@ def decode(
     if not buckets or buckets[-1] < longest:
         buckets.append(-(-longest // S) * S)
     blank = tokenizer.blank_id
+    search = GreedySearch() if beam_width == 0 else BeamSearch(beam_width)
+    decoder = StreamingDecoder(model, variables, search=search, blank=blank) if streaming else None
     texts: dict[str, str] = {}
     for batch in batches(examples, batch_size, buckets, shuffle=False, drop_last=False, right_pad_frames=R):
-        if streaming:
-            decoder = StreamingDecoder(
-                model, variables, greedy=beam_width == 0, beam_width=max(beam_width, 1), blank=blank
-            )
+        if decoder is not None:
             state = decoder.init(batch_size)
-            for chunk, chunk_lengths in stream_segments(batch.features, batch.feature_lengths, S, R):
+            for chunk, chunk_lengths in model.layout.iter_chunks(batch.features, batch.feature_lengths):
                 state = decoder.step(state, chunk, chunk_lengths)
             results = decoder.result(state)
-            tokens = results if beam_width == 0 else [hyps[0].tokens for hyps in results]
-        elif beam_width == 0:
-            tokens = greedy_search(model, variables, batch.features, batch.feature_lengths, blank=blank)
         else:
-            hypotheses = beam_search(
-                model, variables, batch.features, batch.feature_lengths, beam_width=beam_width, blank=blank
+            results = decoding.decode(
+                model, variables, batch.features, batch.feature_lengths, search, blank=blank
             )
-            tokens = [hyps[0].tokens for hyps in hypotheses]
-        for utterance_id, valid, ids in zip(batch.ids, batch.valid, tokens, strict=True):
+        for utterance_id, valid, hypotheses in zip(batch.ids, batch.valid, results, strict=True):
             if valid:
-                texts[utterance_id] = tokenizer.decode(ids)
+                texts[utterance_id] = tokenizer.decode(hypotheses[0].tokens)
     return [texts[e.id] for e in examples]
 
 

@@ -3,11 +3,15 @@
 torchaudio's ``RNNTBeamSearch`` decodes one utterance at a time in a Python loop over lists of hypotheses.
 Here the same searches run on fixed-shape arrays inside compiled programs, for a batch of utterances at once.
 
-- ``greedy``: ``greedy_search`` (offline), ``GreedySearch`` / ``greedy_frames`` (the search over frames).
-- ``beam``: torchaudio's beam search: ``beam_search`` (offline), ``BeamSearch`` / ``beam_frames``.
+- ``search``: the contract every search meets (``Search``: ``init``, ``frames``, ``result``, and room to
+  grow), its result ``Hypothesis`` (tokens, score, timestamps), ``FrameSearch`` (a search written one frame
+  at a time) and ``decode`` (offline decoding with any search).
+- ``greedy``: ``GreedySearch`` and ``greedy_search`` (offline).
+- ``beam``: torchaudio's beam search: ``BeamSearch`` and ``beam_search`` (offline).
 - ``modified_beam``: icefall's modified beam search (at most one token per frame, all hypotheses of all
-  utterances in one joiner call): ``modified_beam_search`` (offline), ``ModifiedBeamSearch`` /
-  ``modified_beam_frames``.
+  utterances in one joiner call): ``ModifiedBeamSearch`` and ``modified_beam_search`` (offline).
+- ``streaming``: ``StreamingDecoder`` (one compiled step per segment for a batch of independent streams, with
+  any search chosen once). ``model.layout.iter_chunks`` cuts whole utterances into the chunks it takes.
 - ``timestamps``: ``frame_period`` and ``word_times`` (word start and end times in seconds from the
   searches' per-token frames).
 - ``endpoint``: endpoint rules for live streams (``EndpointConfig``, ``EndpointRule``,
@@ -15,8 +19,9 @@ Here the same searches run on fixed-shape arrays inside compiled programs, for a
 - ``export``: ``export_transducer`` (``jax.export`` of the streaming step and the offline transcription into
   an artifact directory) and ``load_exported`` (runs it with jax and numpy only; import it from
   ``streamformer.decoding.export``, or load the artifact's runtime.py by path without streamformer).
-- ``streaming``: ``StreamingDecoder`` (one compiled step per segment for a batch of independent streams, with
-  a search object chosen once) and ``stream_segments`` (the chunk feeder).
+
+Every search returns, per utterance or stream, a list of ``Hypothesis`` best first (greedy search: one).
+``greedy_search(...)`` is ``decode(..., GreedySearch(...))``, and so on for the others.
 
 The predictor is primed with the blank token; returned tokens exclude that initial blank. Token ids are
 returned raw: ``streamformer.text.TokenProcessor`` (torchaudio's ``_SentencePieceTokenProcessor``) turns them
@@ -27,17 +32,12 @@ a last partial segment with no frames) are not decoded. torchaudio decodes every
 it is given, valid or not.
 """
 
-from .beam import BeamSearch, BeamState, Hypothesis, beam_frames, beam_search, init_beam_state
+from .beam import BeamSearch, BeamState, beam_search
 from .endpoint import EndpointConfig, EndpointRule, detect_endpoints, endpoint_step
-from .greedy import GreedySearch, GreedyState, greedy_frames, greedy_search, init_greedy_state
-from .modified_beam import (
-    ModifiedBeamSearch,
-    ModifiedBeamState,
-    init_modified_beam_state,
-    modified_beam_frames,
-    modified_beam_search,
-)
-from .streaming import StreamingDecoder, StreamingDecoderState, stream_segments
+from .greedy import GreedySearch, GreedyState, greedy_search
+from .modified_beam import ModifiedBeamSearch, ModifiedBeamState, modified_beam_search
+from .search import FrameSearch, Hypothesis, Search, check_search, decode
+from .streaming import StreamingDecoder, StreamingDecoderState
 from .timestamps import Word, frame_period, word_times
 
 __all__ = [
@@ -45,26 +45,23 @@ __all__ = [
     "BeamState",
     "EndpointConfig",
     "EndpointRule",
+    "FrameSearch",
     "GreedySearch",
     "GreedyState",
     "Hypothesis",
     "ModifiedBeamSearch",
     "ModifiedBeamState",
+    "Search",
     "StreamingDecoder",
     "StreamingDecoderState",
     "Word",
-    "beam_frames",
     "beam_search",
+    "check_search",
+    "decode",
     "detect_endpoints",
     "endpoint_step",
     "frame_period",
-    "greedy_frames",
     "greedy_search",
-    "init_beam_state",
-    "init_greedy_state",
-    "init_modified_beam_state",
-    "modified_beam_frames",
     "modified_beam_search",
-    "stream_segments",
     "word_times",
 ]

@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
-from ..rnnt import RNNT
+from .. import RNNT, _checks
 
 # Two odd multipliers for the polynomial hashes of token sequences (uint32 arithmetic wraps modulo 2**32).
 _HASH_MULTIPLIERS = np.array([1000003, 2654435761], dtype=np.uint32)
@@ -112,6 +111,24 @@ def fresh_hypotheses(
 def extend_hashes(hashes: jax.Array, tokens: jax.Array) -> jax.Array:
     """hashes (..., 2) uint32 of token sequences, extended by ``tokens`` (...)."""
     return hashes * jnp.asarray(_HASH_MULTIPLIERS) + (tokens.astype(jnp.uint32) + 1)[..., None]
+
+
+def token_overflow(state) -> bool:
+    """Whether a hypothesis (score above -inf) of a beam-style state, buffers (B, K, L), emitted more than
+    its L token slots hold."""
+    used = np.asarray(state.lengths)[np.asarray(state.scores) > -np.inf]
+    return bool(used.size and used.max() > state.tokens.shape[-1])
+
+
+def grown_token_slots(old, new):
+    """``old`` (a beam-style state) with token and timestamp slots at least as many as ``new``'s, and room
+    for the longest hypothesis of ``new`` (a power of two, with margin) where it overflowed."""
+    slots = max(old.tokens.shape[-1], new.tokens.shape[-1])
+    longest = int(np.asarray(new.lengths).max())
+    if longest > slots:
+        slots = 1 << (2 * longest - 1).bit_length()
+    pad = ((0, 0), (0, 0), (0, slots - old.tokens.shape[-1]))
+    return old.replace(tokens=jnp.pad(old.tokens, pad), timestamps=jnp.pad(old.timestamps, pad))
 
 
 def transcribe(model: RNNT, variables, sources, source_lengths):

@@ -4,8 +4,8 @@
   score, two 32-bit polynomial hashes of the token sequence (merging identical sequences compares hashes and
   lengths instead of Python strings), the predictor output and the predictor state;
 - the beams of an utterance live in ``beam_width`` slots; empty slots have score -inf;
-- a frame is a bounded ``lax.while_loop`` over torchaudio's inner loop; the frames are a ``lax.scan``; the
-  batch is a ``vmap`` of one utterance's search.
+- a frame is a bounded ``lax.while_loop`` over torchaudio's inner loop, written for one utterance and
+  ``vmap``-ed over the streams; the frames are a ``lax.scan`` (``FrameSearch``).
 
 Semantics are torchaudio 2.8's (``torchaudio/models/rnnt_decoder.py``), step for step. Per frame, A is the set
 being expanded (at first the previous frame's beams) and B the set of hypotheses that ended the frame with a
@@ -32,7 +32,6 @@ E expansion capacity, P = K (E + 1) pool rows.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.struct
@@ -40,23 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
-from ..rnnt import RNNT
-from ..state import batch_axes, batch_field, take_streams
+from .. import RNNT, _checks
+from ..state import batch_axes, batch_field, select_streams, take_streams
 from . import _common
+from .search import FrameSearch, Hypothesis, decode, hypotheses
 
-__all__ = ["BeamSearch", "BeamState", "Hypothesis", "beam_frames", "beam_search", "init_beam_state"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Hypothesis:
-    """One beam search result: ``tokens`` the emitted token ids (without the initial blank), ``score`` the
-    total log-probability (torchaudio's ``hypo[3]``), ``timestamps`` (when asked for) the encoder frame each
-    token was emitted at, counted from the utterance's start."""
-
-    tokens: list[int]
-    score: float
-    timestamps: list[int] | None = None
+__all__ = ["BeamSearch", "BeamState", "beam_search"]
 
 
 @flax.struct.dataclass
@@ -91,23 +79,6 @@ class BeamState:
     @property
     def beam_width(self) -> int:
         return self.scores.shape[1]
-
-
-def init_beam_state(
-    model: RNNT,
-    variables,
-    batch_size: int,
-    beam_width: int,
-    *,
-    blank: int = -1,
-    max_tokens: int = 1024,
-    expansion_capacity: int = 8,
-) -> BeamState:
-    """A fresh beam state for ``batch_size`` streams: one beam (the blank-primed predictor, score 0), the
-    other K - 1 slots empty."""
-    _checks.positive_int("expansion_capacity", expansion_capacity, minimum=0)
-    fields = _common.fresh_hypotheses(model, variables, batch_size, beam_width, blank, max_tokens)
-    return BeamState(**fields, overflow=jnp.zeros((batch_size,), bool), expansion_capacity=expansion_capacity)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -286,73 +257,25 @@ class _Frame:
         return self.finish(beams, pool, jnp.any(pending[2] > -jnp.inf))
 
 
-def beam_frames(
-    model: RNNT,
-    variables,
-    state: BeamState,
-    encodings: jax.Array,
-    lengths: jax.Array,
-    *,
-    blank: int,
-    temperature: float | jax.Array = 1.0,
-    step_max_tokens: int = 100,
-) -> BeamState:
-    """torchaudio's RNN-T beam search over encoder frames, continuing from ``state`` (jit-compatible;
-    ``blank`` normalised to [0, V)).
-
-    Args:
-        state: from ``init_beam_state`` or a previous call (K beams per stream); its expansion_capacity is the
-            room for expansions per frame (a frame needing more sets ``state.overflow``; at least
-            ``step_max_tokens`` never overflows).
-        encodings: (B, T', D) transcriber output.
-        lengths: (B,) valid frames per stream; frames at or beyond are skipped.
-        temperature: divides the joiner logits before the log-softmax.
-        step_max_tokens: the most expansions (tokens) per frame, as torchaudio.
-
-    Returns:
-        The state after the valid frames, beams sorted best first.
-    """
-    capacity = min(state.expansion_capacity, step_max_tokens)
-
-    def search(beams, encodings, length):
-        def frame(beams, inputs):
-            encoding, valid = inputs
-            new = _Frame(
-                model,
-                variables,
-                encoding,
-                blank,
-                temperature,
-                step_max_tokens,
-                beams.scores.shape[-1],
-                capacity,
-            )(beams)
-            return jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new, beams), None
-
-        valid = jnp.arange(encodings.shape[0]) < length
-        beams, _ = jax.lax.scan(frame, beams, (encodings, valid))
-        return beams
-
-    return jax.vmap(search)(state, encodings, lengths)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # The search object and the offline search
 
 
 @dataclasses.dataclass(frozen=True)
-class BeamSearch:
-    """torchaudio's beam search as a search object (for ``StreamingDecoder``).
+class BeamSearch(FrameSearch):
+    """torchaudio's beam search (a ``Search``).
 
     beam_width: K (1 <= K < V). temperature: divides the joiner logits. step_max_tokens: the most tokens
     per frame. expansion_capacity: initial room for expansions per frame (grown when a frame needs more).
+    return_timestamps: fill ``Hypothesis.timestamps`` (it only shapes ``result``: the compiled search is the
+    same either way).
     """
 
     beam_width: int = 4
     temperature: float = 1.0
     step_max_tokens: int = 100
     expansion_capacity: int = 8
-    return_timestamps: bool = False
+    return_timestamps: bool = dataclasses.field(default=False, compare=False)
 
     def __post_init__(self):
         _checks.positive_int("beam_width", self.beam_width)
@@ -361,85 +284,56 @@ class BeamSearch:
         _checks.positive_int("expansion_capacity", self.expansion_capacity)
 
     def init(self, model: RNNT, variables, batch_size: int, *, blank: int, max_tokens: int) -> BeamState:
-        _common.check_beam_width(model, self.beam_width)
-        return init_beam_state(
-            model,
-            variables,
-            batch_size,
-            self.beam_width,
-            blank=blank,
-            max_tokens=max_tokens,
+        """One beam (the blank-primed predictor, score 0), the other K - 1 slots empty; room for
+        ``expansion_capacity`` expansions per frame (no more than ``step_max_tokens`` can use)."""
+        fields = _common.fresh_hypotheses(model, variables, batch_size, self.beam_width, blank, max_tokens)
+        return BeamState(
+            **fields,
+            overflow=jnp.zeros((batch_size,), bool),
             expansion_capacity=min(self.expansion_capacity, max(self.step_max_tokens, 1)),
         )
 
-    def frames(self, model: RNNT, variables, state: BeamState, encodings, lengths, *, blank: int):
-        return beam_frames(
-            model,
-            variables,
-            state,
-            encodings,
-            lengths,
-            blank=blank,
-            temperature=jnp.float32(self.temperature),
-            step_max_tokens=self.step_max_tokens,
+    def frame(self, model: RNNT, variables, state: BeamState, encoding, valid, *, blank: int) -> BeamState:
+        """Steps 1-4 of the module docstring for each stream (a ``vmap`` of one utterance's frame); a frame
+        needing more than ``state.expansion_capacity`` expansions sets ``state.overflow``."""
+        temperature, capacity = (
+            jnp.float32(self.temperature),
+            min(state.expansion_capacity, self.step_max_tokens),
         )
+
+        def one_stream(beams: BeamState, encoding: jax.Array) -> BeamState:
+            return _Frame(
+                model,
+                variables,
+                encoding,
+                blank,
+                temperature,
+                self.step_max_tokens,
+                state.beam_width,
+                capacity,
+            )(beams)
+
+        new = jax.vmap(one_stream)(state, encoding)
+        return select_streams(valid, new, state)
 
     def needs_more_room(self, state: BeamState) -> bool:
         """Whether a frame overflowed the pool or a beam overflowed its token buffer."""
-        return any(_overflowed(state))
+        return bool(np.any(np.asarray(state.overflow))) or _common.token_overflow(state)
 
     def grown(self, old: BeamState, new: BeamState) -> BeamState:
-        """``old`` (the state before a step whose result ``new`` overflowed) with more room: 4x the
-        expansions, tokens for the longest hypothesis seen (rounded up to a power of two, with margin)."""
-        pool_overflow, _ = _overflowed(new)
-        capacity = old.expansion_capacity
-        if pool_overflow:
+        """``old`` with at least ``new``'s room, and more where ``new`` overflowed: 4x the expansions,
+        tokens for the longest hypothesis seen (rounded up to a power of two, with margin)."""
+        capacity = max(old.expansion_capacity, new.expansion_capacity)
+        if np.any(np.asarray(new.overflow)):
             capacity = min(4 * capacity, max(self.step_max_tokens, 1))
-        slots = old.tokens.shape[-1]
-        longest = int(np.asarray(new.lengths).max())
-        tokens = old.tokens
-        if longest > slots:
-            wanted = 1 << (2 * longest - 1).bit_length()
-            tokens = jnp.pad(tokens, ((0, 0), (0, 0), (0, wanted - slots)))
-        stamps = jnp.pad(old.timestamps, ((0, 0), (0, 0), (0, tokens.shape[-1] - slots)))
-        return old.replace(tokens=tokens, timestamps=stamps, expansion_capacity=capacity)
+        return _common.grown_token_slots(old, new).replace(expansion_capacity=capacity)
 
     def result(self, state: BeamState) -> list[list[Hypothesis]]:
         """For each stream, its hypotheses best first (with ``timestamps`` when ``return_timestamps``)."""
-        tokens, lengths, scores = (
-            np.asarray(state.tokens),
-            np.asarray(state.lengths),
-            np.asarray(state.scores),
+        stamps = np.asarray(state.timestamps) if self.return_timestamps else None
+        return hypotheses(
+            np.asarray(state.tokens), np.asarray(state.lengths), np.asarray(state.scores), stamps
         )
-        stamps = np.asarray(state.timestamps)
-        return [
-            [
-                Hypothesis(
-                    tokens[b, k, : lengths[b, k]].tolist(),
-                    float(scores[b, k]),
-                    stamps[b, k, : lengths[b, k]].tolist() if self.return_timestamps else None,
-                )
-                for k in range(scores.shape[1])
-                if scores[b, k] > -np.inf
-            ]
-            for b in range(scores.shape[0])
-        ]
-
-
-def _overflowed(state: BeamState) -> tuple[bool, bool]:
-    """(pool overflow, token buffer overflow) anywhere in the batch."""
-    used = np.asarray(state.lengths)[np.asarray(state.scores) > -np.inf]
-    return bool(np.any(np.asarray(state.overflow))), bool(used.size and used.max() > state.tokens.shape[-1])
-
-
-@functools.partial(jax.jit, static_argnames=("model", "search", "batch_size", "blank", "max_tokens"))
-def _search_init(model, variables, search, *, batch_size, blank, max_tokens):
-    return search.init(model, variables, batch_size, blank=blank, max_tokens=max_tokens)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "search", "blank"))
-def _search_frames(model, variables, search, state, encodings, lengths, *, blank):
-    return search.frames(model, variables, state, encodings, lengths, blank=blank)
 
 
 def beam_search(
@@ -456,7 +350,7 @@ def beam_search(
     max_tokens: int | None = None,
     return_timestamps: bool = False,
 ) -> list[list[Hypothesis]]:
-    """torchaudio's RNNTBeamSearch (``forward``), batched over utterances and compiled into one program.
+    """torchaudio's RNNTBeamSearch (``forward``), batched over utterances (``decode`` with ``BeamSearch``).
 
     Args:
         model: an ``RNNT``; variables: its variables.
@@ -476,27 +370,12 @@ def beam_search(
         For each utterance, up to K hypotheses, best first by torchaudio's key score / (len(tokens) + 1)
         (torchaudio's tokens counting the initial blank, which ``Hypothesis.tokens`` omits).
     """
-    blank = _common.check_blank(model, blank)
-    beam_width = _common.check_beam_width(model, beam_width)
+    _common.check_blank(model, blank)
     search = BeamSearch(
-        beam_width,
+        _common.check_beam_width(model, beam_width),
         _common.check_temperature(temperature),
         step_max_tokens,
         expansion_capacity,
         return_timestamps=bool(return_timestamps),
     )
-    sources, source_lengths = jnp.asarray(sources), jnp.asarray(source_lengths)
-    _common.check_sources(model, sources, source_lengths)
-    encodings, encoding_lengths = _common.transcribe(model, variables, sources, source_lengths)
-    if max_tokens is None:
-        max_tokens = 2 * encodings.shape[1] + 16
-    _checks.positive_int("max_tokens", max_tokens)
-    compiled = dataclasses.replace(search, return_timestamps=False)  # one program with or without
-    start = _search_init(
-        model, variables, compiled, batch_size=encodings.shape[0], blank=blank, max_tokens=max_tokens
-    )
-    while True:
-        state = _search_frames(model, variables, compiled, start, encodings, encoding_lengths, blank=blank)
-        if not search.needs_more_room(state):
-            return search.result(state)
-        start = search.grown(start, state)
+    return decode(model, variables, sources, source_lengths, search, blank=blank, max_tokens=max_tokens)

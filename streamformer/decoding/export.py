@@ -24,14 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from .. import _checks
+from .. import RNNT, _checks
 from .. import io as sf_io
-from ..rnnt import RNNT
 from ..state import batch_axes
 from . import _common
 from .exported_runtime import FORMAT_VERSION, ExportedTransducer, load_exported
-from .greedy import GreedySearch, greedy_frames, init_greedy_state
-from .modified_beam import ModifiedBeamSearch, init_modified_beam_state, modified_beam_frames
+from .greedy import GreedySearch
+from .modified_beam import ModifiedBeamSearch
 from .streaming import StreamingDecoder
 
 __all__ = ["FORMAT_VERSION", "ExportedTransducer", "export_transducer", "load_exported"]
@@ -92,30 +91,8 @@ def export_transducer(
     def offline(*args):
         variables = jax.tree_util.tree_unflatten(params_tree, args[: len(params)])
         encodings, lengths = model.apply(variables, args[-2], args[-1], method=RNNT.transcribe)
-        if isinstance(search, GreedySearch):
-            start = init_greedy_state(model, variables, batch_size, blank=blank, max_tokens=max_tokens)
-            final = greedy_frames(
-                model,
-                variables,
-                start,
-                encodings,
-                lengths,
-                blank=blank,
-                max_symbols_per_step=search.max_symbols_per_step,
-            )
-        else:
-            start = init_modified_beam_state(
-                model, variables, batch_size, search.beam_width, blank=blank, max_tokens=max_tokens
-            )
-            final = modified_beam_frames(
-                model,
-                variables,
-                start,
-                encodings,
-                lengths,
-                blank=blank,
-                temperature=jnp.float32(search.temperature),
-            )
+        start = search.init(model, variables, batch_size, blank=blank, max_tokens=max_tokens)
+        final = search.frames(model, variables, start, encodings, lengths, blank=blank)
         return _best(final)
 
     spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype)  # noqa: E731

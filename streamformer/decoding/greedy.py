@@ -5,7 +5,6 @@ bounded ``lax.while_loop``, the batch decoded at once."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.struct
@@ -13,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
-from ..rnnt import RNNT
+from .. import RNNT, _checks
 from ..state import select_streams
 from . import _common
+from .search import FrameSearch, Hypothesis, decode, hypotheses
 
-__all__ = ["GreedySearch", "GreedyState", "greedy_frames", "greedy_search", "init_greedy_state"]
+__all__ = ["GreedySearch", "GreedyState", "greedy_search"]
 
 
 @flax.struct.dataclass
@@ -31,6 +30,8 @@ class GreedyState:
     predictor_state: the model's predictor state (``PredictorState``) after that token, batch of B.
     timestamps: (B, L) int32 the encoder frame (counted from the stream's start) of each emitted token.
     frames: (B,) int32 encoder frames decoded so far.
+    scores: (B,) float32 log-probability of the path chosen so far (its tokens and the blanks that ended
+        its frames).
     """
 
     tokens: jax.Array
@@ -39,59 +40,55 @@ class GreedyState:
     predictor_state: Any
     timestamps: jax.Array = None
     frames: jax.Array = None
+    scores: jax.Array = None
 
 
-def init_greedy_state(
-    model: RNNT, variables, batch_size: int, *, blank: int = -1, max_tokens: int = 1024
-) -> GreedyState:
-    """A fresh greedy state for ``batch_size`` streams: no tokens, predictor primed with the blank token."""
-    _checks.positive_int("batch_size", batch_size)
-    _checks.positive_int("max_tokens", max_tokens)
-    blank = _common.check_blank(model, blank)
-    out, state = _common.primed(model, variables, blank, batch_size)
-    return GreedyState(
-        tokens=jnp.zeros((batch_size, max_tokens), jnp.int32),
-        lengths=jnp.zeros((batch_size,), jnp.int32),
-        predictor_out=out,
-        predictor_state=state,
-        timestamps=jnp.zeros((batch_size, max_tokens), jnp.int32),
-        frames=jnp.zeros((batch_size,), jnp.int32),
-    )
+@dataclasses.dataclass(frozen=True)
+class GreedySearch(FrameSearch):
+    """Greedy search: at most ``max_symbols_per_step`` tokens per encoder frame; ``return_timestamps`` fills
+    ``Hypothesis.timestamps`` (it only shapes ``result``: the compiled search is the same either way)."""
 
+    max_symbols_per_step: int = 10
+    return_timestamps: bool = dataclasses.field(default=False, compare=False)
 
-def greedy_frames(
-    model: RNNT,
-    variables,
-    state: GreedyState,
-    encodings: jax.Array,
-    lengths: jax.Array,
-    *,
-    blank: int,
-    max_symbols_per_step: int,
-) -> GreedyState:
-    """Greedy search over encoder frames, continuing from ``state`` (jit-compatible; ``blank`` normalised).
+    def __post_init__(self):
+        _checks.positive_int("max_symbols_per_step", self.max_symbols_per_step)
 
-    Args:
-        state: from ``init_greedy_state`` or a previous call.
-        encodings: (B, T', D) transcriber output.
-        lengths: (B,) valid frames per stream; frames at or beyond are skipped.
-    """
-    B, L = state.tokens.shape
+    def init(self, model: RNNT, variables, batch_size: int, *, blank: int, max_tokens: int) -> GreedyState:
+        """No tokens, the predictor primed with the blank token."""
+        _checks.positive_int("batch_size", batch_size)
+        _checks.positive_int("max_tokens", max_tokens)
+        blank = _common.check_blank(model, blank)
+        out, state = _common.primed(model, variables, blank, batch_size)
+        return GreedyState(
+            tokens=jnp.zeros((batch_size, max_tokens), jnp.int32),
+            lengths=jnp.zeros((batch_size,), jnp.int32),
+            predictor_out=out,
+            predictor_state=state,
+            timestamps=jnp.zeros((batch_size, max_tokens), jnp.int32),
+            frames=jnp.zeros((batch_size,), jnp.int32),
+            scores=jnp.zeros((batch_size,), jnp.float32),
+        )
 
-    def frame(carry, inputs):
-        encoding, valid = inputs
+    def frame(
+        self, model: RNNT, variables, state: GreedyState, encoding, valid, *, blank: int
+    ) -> GreedyState:
+        B, L = state.tokens.shape
 
         def cond(c):
             n, active = c[0], c[1]
-            return jnp.any(active) & (n < max_symbols_per_step)
+            return jnp.any(active) & (n < self.max_symbols_per_step)
 
         def body(c):
-            n, active, tokens, stamps, emitted, out, pstate = c
-            token = jnp.argmax(_common.logits(model, variables, encoding, out), axis=-1).astype(jnp.int32)
+            n, active, tokens, stamps, emitted, scores, out, pstate = c
+            logits = _common.logits(model, variables, encoding, out)
+            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            chosen = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+            scores = scores + jnp.where(active, chosen, 0.0)
             emit = active & (token != blank)
             position = jnp.where(emit, emitted, L)
             tokens = tokens.at[jnp.arange(B), position].set(token, mode="drop")
-            stamps = stamps.at[jnp.arange(B), position].set(carry.frames, mode="drop")
+            stamps = stamps.at[jnp.arange(B), position].set(state.frames, mode="drop")
             emitted = emitted + emit
 
             def advance(_):
@@ -99,80 +96,37 @@ def greedy_frames(
                 return jnp.where(emit[:, None], new_out, out), select_streams(emit, new_state, pstate)
 
             out, pstate = jax.lax.cond(jnp.any(emit), advance, lambda _: (out, pstate), None)
-            return n + 1, emit, tokens, stamps, emitted, out, pstate
+            return n + 1, emit, tokens, stamps, emitted, scores, out, pstate
 
         c = (
             jnp.int32(0),
             valid,
-            carry.tokens,
-            carry.timestamps,
-            carry.lengths,
-            carry.predictor_out,
-            carry.predictor_state,
+            state.tokens,
+            state.timestamps,
+            state.lengths,
+            state.scores,
+            state.predictor_out,
+            state.predictor_state,
         )
-        _, _, tokens, stamps, emitted, out, pstate = jax.lax.while_loop(cond, body, c)
-        return GreedyState(tokens, emitted, out, pstate, stamps, carry.frames + valid), None
+        _, _, tokens, stamps, emitted, scores, out, pstate = jax.lax.while_loop(cond, body, c)
+        return GreedyState(tokens, emitted, out, pstate, stamps, state.frames + valid, scores)
 
-    valid = jnp.arange(encodings.shape[1])[:, None] < lengths[None, :]
-    state, _ = jax.lax.scan(frame, state, (jnp.swapaxes(encodings, 0, 1), valid))
-    return state
+    def token_room(self, frames: int) -> int:
+        """Room for every token: ``max_symbols_per_step`` per frame."""
+        return max(1, frames * self.max_symbols_per_step)
 
-
-@dataclasses.dataclass(frozen=True)
-class GreedySearch:
-    """Greedy search as a search object (for ``StreamingDecoder``): at most ``max_symbols_per_step`` tokens
-    per encoder frame."""
-
-    max_symbols_per_step: int = 10
-    return_timestamps: bool = False
-
-    def __post_init__(self):
-        _checks.positive_int("max_symbols_per_step", self.max_symbols_per_step)
-
-    def init(self, model: RNNT, variables, batch_size: int, *, blank: int, max_tokens: int) -> GreedyState:
-        return init_greedy_state(model, variables, batch_size, blank=blank, max_tokens=max_tokens)
-
-    def frames(self, model: RNNT, variables, state: GreedyState, encodings, lengths, *, blank: int):
-        return greedy_frames(
-            model,
-            variables,
-            state,
-            encodings,
-            lengths,
-            blank=blank,
-            max_symbols_per_step=self.max_symbols_per_step,
-        )
-
-    def needs_more_room(self, state: GreedyState) -> bool:
-        """Greedy search never reruns: tokens past the buffer are dropped and ``result`` raises."""
-        return False
-
-    def result(self, state: GreedyState) -> list[list[int]] | list[tuple[list[int], list[int]]]:
-        """Each stream's emitted token ids; with ``return_timestamps``, (token ids, their encoder frames)."""
+    def result(self, state: GreedyState) -> list[list[Hypothesis]]:
+        """One hypothesis per stream: its emitted token ids, the path's log-probability, and (with
+        ``return_timestamps``) the encoder frame of each token. Greedy search never reruns: a stream that
+        emitted more than ``max_tokens`` tokens raises."""
         tokens, lengths = np.asarray(state.tokens), np.asarray(state.lengths)
         if np.any(lengths > tokens.shape[1]):
             raise ValueError(
                 f"max_tokens: a stream emitted {int(lengths.max())} tokens, more than max_tokens = "
                 f"{tokens.shape[1]}; use a larger max_tokens"
             )
-        return _results(tokens, np.asarray(state.timestamps), lengths, self.return_timestamps)
-
-
-def _results(tokens, stamps, lengths, return_timestamps: bool):
-    if return_timestamps:
-        return [
-            (tokens[b, : lengths[b]].tolist(), stamps[b, : lengths[b]].tolist()) for b in range(len(lengths))
-        ]
-    return [tokens[b, : lengths[b]].tolist() for b in range(len(lengths))]
-
-
-@functools.partial(jax.jit, static_argnames=("model", "blank", "max_symbols_per_step", "max_tokens"))
-def _greedy_encoded(model, variables, encodings, lengths, *, blank, max_symbols_per_step, max_tokens):
-    state = init_greedy_state(model, variables, encodings.shape[0], blank=blank, max_tokens=max_tokens)
-    state = greedy_frames(
-        model, variables, state, encodings, lengths, blank=blank, max_symbols_per_step=max_symbols_per_step
-    )
-    return state.tokens, state.timestamps, state.lengths
+        stamps = np.asarray(state.timestamps)[:, None] if self.return_timestamps else None
+        return hypotheses(tokens[:, None], lengths[:, None], np.asarray(state.scores)[:, None], stamps)
 
 
 def greedy_search(
@@ -184,8 +138,8 @@ def greedy_search(
     blank: int = -1,
     max_symbols_per_step: int = 10,
     return_timestamps: bool = False,
-) -> list[list[int]] | list[tuple[list[int], list[int]]]:
-    """Greedy RNN-T decoding of a batch of utterances, one compiled program.
+) -> list[list[Hypothesis]]:
+    """Greedy RNN-T decoding of a batch of utterances (``decode`` with ``GreedySearch``).
 
     Args:
         model: an ``RNNT``; variables: its variables.
@@ -193,25 +147,12 @@ def greedy_search(
         source_lengths: (B,) valid frames per utterance, right context excluded.
         blank: the blank token id (negative counts from the end; -1 = V - 1, torchaudio's convention).
         max_symbols_per_step: the most tokens emitted per encoder frame.
-        return_timestamps: also return, per token, the encoder frame it was emitted at.
+        return_timestamps: fill ``Hypothesis.timestamps`` with each token's encoder frame.
 
     Returns:
-        The emitted token ids of each utterance (the initial blank excluded); with ``return_timestamps``,
-        (token ids, frames) per utterance (frames non-decreasing, each below the utterance's encoder length;
-        ``timestamps.frame_period`` turns them into seconds).
+        For each utterance, one ``Hypothesis``: the emitted token ids (the initial blank excluded), the
+        path's log-probability, and with ``return_timestamps`` the frames (non-decreasing, each below the
+        utterance's encoder length; ``timestamps.frame_period`` turns them into seconds).
     """
-    blank = _common.check_blank(model, blank)
-    _checks.positive_int("max_symbols_per_step", max_symbols_per_step)
-    sources, source_lengths = jnp.asarray(sources), jnp.asarray(source_lengths)
-    _common.check_sources(model, sources, source_lengths)
-    encodings, encoding_lengths = _common.transcribe(model, variables, sources, source_lengths)
-    tokens, stamps, lengths = _greedy_encoded(
-        model,
-        variables,
-        encodings,
-        encoding_lengths,
-        blank=blank,
-        max_symbols_per_step=max_symbols_per_step,
-        max_tokens=max(1, encodings.shape[1] * max_symbols_per_step),
-    )
-    return _results(np.asarray(tokens), np.asarray(stamps), np.asarray(lengths), return_timestamps)
+    search = GreedySearch(max_symbols_per_step, return_timestamps=bool(return_timestamps))
+    return decode(model, variables, sources, source_lengths, search, blank=blank)

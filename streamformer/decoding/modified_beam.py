@@ -27,7 +27,6 @@ Letters: B streams or utterances, K beam_width, T' encoder frames, D encoding_di
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.struct
@@ -35,19 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
-from ..rnnt import RNNT
+from .. import RNNT, _checks
 from ..state import batch_axes, batch_field, select_streams, take_streams
 from . import _common
-from .beam import Hypothesis
+from .search import FrameSearch, Hypothesis, decode, hypotheses
 
-__all__ = [
-    "ModifiedBeamSearch",
-    "ModifiedBeamState",
-    "init_modified_beam_state",
-    "modified_beam_frames",
-    "modified_beam_search",
-]
+__all__ = ["ModifiedBeamSearch", "ModifiedBeamState", "modified_beam_search"]
 
 
 @flax.struct.dataclass
@@ -77,16 +69,6 @@ class ModifiedBeamState:
     @property
     def beam_width(self) -> int:
         return self.scores.shape[1]
-
-
-def init_modified_beam_state(
-    model: RNNT, variables, batch_size: int, beam_width: int, *, blank: int = -1, max_tokens: int = 1024
-) -> ModifiedBeamState:
-    """A fresh state for ``batch_size`` streams: one hypothesis (the blank-primed predictor, score 0), the
-    other K - 1 slots empty."""
-    return ModifiedBeamState(
-        **_common.fresh_hypotheses(model, variables, batch_size, beam_width, blank, max_tokens)
-    )
 
 
 def _flat(tree: Any, B: int, K: int) -> Any:
@@ -180,68 +162,18 @@ def _frame(model: RNNT, variables, state: ModifiedBeamState, encoding, valid, *,
     return select_streams(valid, new, state)
 
 
-def modified_beam_frames(
-    model: RNNT,
-    variables,
-    state: ModifiedBeamState,
-    encodings: jax.Array,
-    lengths: jax.Array,
-    *,
-    blank: int,
-    temperature: float | jax.Array = 1.0,
-) -> ModifiedBeamState:
-    """Modified beam search over encoder frames, continuing from ``state`` (jit-compatible; ``blank``
-    normalised to [0, V)).
-
-    Args:
-        state: from ``init_modified_beam_state`` or a previous call.
-        encodings: (B, T', D) transcriber output.
-        lengths: (B,) valid frames per stream; frames at or beyond are skipped.
-        temperature: divides the joiner logits before the log-softmax.
-    """
-    valid = jnp.arange(encodings.shape[1])[:, None] < lengths[None, :]
-
-    def step(state, inputs):
-        encoding, frame_valid = inputs
-        return _frame(
-            model, variables, state, encoding, frame_valid, blank=blank, temperature=temperature
-        ), None
-
-    state, _ = jax.lax.scan(step, state, (jnp.swapaxes(encodings, 0, 1), valid))
-    return state
-
-
-def _hypotheses(state, length_norm: bool) -> list[list[Hypothesis]]:
-    tokens, stamps = np.asarray(state.tokens), np.asarray(state.timestamps)
-    lengths, scores = np.asarray(state.lengths), np.asarray(state.scores)
-    results = []
-    for b in range(scores.shape[0]):
-        hyps = [
-            Hypothesis(
-                tokens[b, k, : lengths[b, k]].tolist(),
-                float(scores[b, k]),
-                timestamps=stamps[b, k, : lengths[b, k]].tolist(),
-            )
-            for k in range(scores.shape[1])
-            if scores[b, k] > -np.inf
-        ]
-        if length_norm:
-            hyps.sort(key=lambda h: -h.score / (len(h.tokens) + 1))
-        results.append(hyps)
-    return results
-
-
 @dataclasses.dataclass(frozen=True)
-class ModifiedBeamSearch:
-    """icefall's modified beam search as a search object (for ``StreamingDecoder``).
+class ModifiedBeamSearch(FrameSearch):
+    """icefall's modified beam search (a ``Search``).
 
     beam_width: K (1 <= K < V). temperature: divides the joiner logits. length_norm: rank the results by
-    score / (tokens + 1) instead of score.
+    score / (tokens + 1) instead of score (it only shapes ``result``: the compiled search is the same
+    either way).
     """
 
     beam_width: int = 4
     temperature: float = 1.0
-    length_norm: bool = False
+    length_norm: bool = dataclasses.field(default=False, compare=False)
 
     def __post_init__(self):
         _checks.positive_int("beam_width", self.beam_width)
@@ -250,48 +182,40 @@ class ModifiedBeamSearch:
     def init(
         self, model: RNNT, variables, batch_size: int, *, blank: int, max_tokens: int
     ) -> ModifiedBeamState:
-        return init_modified_beam_state(
-            model, variables, batch_size, self.beam_width, blank=blank, max_tokens=max_tokens
+        """One hypothesis (the blank-primed predictor, score 0), the other K - 1 slots empty."""
+        return ModifiedBeamState(
+            **_common.fresh_hypotheses(model, variables, batch_size, self.beam_width, blank, max_tokens)
         )
 
-    def frames(self, model: RNNT, variables, state: ModifiedBeamState, encodings, lengths, *, blank: int):
-        return modified_beam_frames(
-            model,
-            variables,
-            state,
-            encodings,
-            lengths,
-            blank=blank,
-            temperature=jnp.float32(self.temperature),
+    def frame(
+        self, model: RNNT, variables, state: ModifiedBeamState, encoding, valid, *, blank: int
+    ) -> ModifiedBeamState:
+        return _frame(
+            model, variables, state, encoding, valid, blank=blank, temperature=jnp.float32(self.temperature)
         )
+
+    def token_room(self, frames: int) -> int:
+        """Room for every token: at most one per frame, so an offline decode never reruns."""
+        return max(1, frames)
 
     def needs_more_room(self, state: ModifiedBeamState) -> bool:
         """Whether a hypothesis overflowed its token buffer."""
-        used = np.asarray(state.lengths)[np.asarray(state.scores) > -np.inf]
-        return bool(used.size and used.max() > state.tokens.shape[-1])
+        return _common.token_overflow(state)
 
     def grown(self, old: ModifiedBeamState, new: ModifiedBeamState) -> ModifiedBeamState:
-        """``old`` with token buffers for the longest hypothesis of ``new`` (a power of two, with margin)."""
-        slots = old.tokens.shape[-1]
-        longest = int(np.asarray(new.lengths).max())
-        if longest <= slots:
-            return old
-        pad = ((0, 0), (0, 0), (0, (1 << (2 * longest - 1).bit_length()) - slots))
-        return old.replace(tokens=jnp.pad(old.tokens, pad), timestamps=jnp.pad(old.timestamps, pad))
+        """``old`` with at least ``new``'s token slots, more where ``new`` overflowed them."""
+        return _common.grown_token_slots(old, new)
 
     def result(self, state: ModifiedBeamState) -> list[list[Hypothesis]]:
         """For each stream, its hypotheses best first (with ``timestamps``)."""
-        return _hypotheses(state, self.length_norm)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "beam_width", "blank", "max_tokens"))
-def _modified_encoded(model, variables, encodings, lengths, temperature, *, beam_width, blank, max_tokens):
-    state = init_modified_beam_state(
-        model, variables, encodings.shape[0], beam_width, blank=blank, max_tokens=max_tokens
-    )
-    return modified_beam_frames(
-        model, variables, state, encodings, lengths, blank=blank, temperature=temperature
-    )
+        rank = (lambda h: -h.score / (len(h.tokens) + 1)) if self.length_norm else None
+        return hypotheses(
+            np.asarray(state.tokens),
+            np.asarray(state.lengths),
+            np.asarray(state.scores),
+            np.asarray(state.timestamps),
+            rank=rank,
+        )
 
 
 def modified_beam_search(
@@ -305,7 +229,7 @@ def modified_beam_search(
     temperature: float = 1.0,
     length_norm: bool = False,
 ) -> list[list[Hypothesis]]:
-    """icefall's modified beam search, batched over utterances and compiled into one program.
+    """icefall's modified beam search, batched over utterances (``decode`` with ``ModifiedBeamSearch``).
 
     Args:
         model: an ``RNNT``; variables: its variables.
@@ -320,20 +244,8 @@ def modified_beam_search(
         For each utterance, up to K hypotheses, best first, each with ``timestamps``: the encoder frame of
         each token (at most one token per frame, so they increase strictly).
     """
-    blank = _common.check_blank(model, blank)
-    beam_width = _common.check_beam_width(model, beam_width)
-    temperature = _common.check_temperature(temperature)
-    sources, source_lengths = jnp.asarray(sources), jnp.asarray(source_lengths)
-    _common.check_sources(model, sources, source_lengths)
-    encodings, encoding_lengths = _common.transcribe(model, variables, sources, source_lengths)
-    state = _modified_encoded(
-        model,
-        variables,
-        encodings,
-        encoding_lengths,
-        jnp.float32(temperature),
-        beam_width=beam_width,
-        blank=blank,
-        max_tokens=max(1, encodings.shape[1]),  # one token per frame at most: never overflows
+    _common.check_blank(model, blank)
+    search = ModifiedBeamSearch(
+        _common.check_beam_width(model, beam_width), _common.check_temperature(temperature), length_norm
     )
-    return _hypotheses(state, length_norm)
+    return decode(model, variables, sources, source_lengths, search, blank=blank)

@@ -1,45 +1,29 @@
-"""Streaming RNN-T decoding of a batch of independent streams, one compiled step per segment, and the chunk
-feeder that cuts whole utterances into the chunks live streams deliver."""
+"""Streaming RNN-T decoding of a batch of independent streams, one compiled step per segment, with any search
+that meets the ``Search`` contract."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .. import _checks
-from ..layout import SegmentLayout
-from ..rnnt import RNNT
+from .. import RNNT, _checks
 from ..state import select_streams
 from . import _common
-from .beam import BeamSearch, BeamState
-from .greedy import GreedySearch
-from .modified_beam import ModifiedBeamSearch
+from .search import Hypothesis, Search, check_search
 
-__all__ = ["StreamingDecoder", "StreamingDecoderState", "stream_segments"]
+__all__ = ["StreamingDecoder", "StreamingDecoderState"]
 
 
 @flax.struct.dataclass
 class StreamingDecoderState:
     """A batch of independent streams: ``transcriber`` the model's transcriber state (``EmformerState``),
-    ``search`` the search's state (``GreedyState``, ``BeamState`` or ``ModifiedBeamState``)."""
+    ``search`` the search's state (``GreedyState``, ``BeamState``, ``ModifiedBeamState``, ...)."""
 
     transcriber: Any
     search: Any
-
-
-def stream_segments(
-    features: np.ndarray, lengths: np.ndarray, segment_length: int, right_context_length: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yields (chunk (B, S + R, F), chunk_lengths (B,)) as live streams deliver them: chunk i holds frames
-    [i S, i S + S) and then the R look-ahead frames that follow the stream's valid frames; its length counts
-    both, 0 once a stream has nothing new (``StreamingDecoder.step``'s convention). Frames past ``features``'
-    end count as zeros. (``SegmentLayout.iter_chunks``; ``model.layout`` gives a model's S and R.)"""
-    yield from SegmentLayout(segment_length, right_context_length).iter_chunks(features, lengths)
 
 
 class StreamingDecoder:
@@ -53,63 +37,35 @@ class StreamingDecoder:
     Example:
         >>> decoder = StreamingDecoder(model, variables, search=BeamSearch(beam_width=4))
         >>> state = decoder.init(batch_size=8)
-        >>> for chunk, chunk_lengths in segments:  # (8, S + R, F); (8,) valid frames, right context included
+        >>> for chunk, chunk_lengths in model.layout.iter_chunks(features, lengths):  # (8, S + R, F); (8,)
         ...     state = decoder.step(state, chunk, chunk_lengths)
         >>> hypotheses = decoder.result(state)         # 8 lists of Hypothesis, best first
         >>> state = decoder.reset(state, finished)     # finished (8,) bool: those slots start afresh
 
     Args:
         model, variables: an ``RNNT`` and its variables.
-        search: a ``GreedySearch``, ``BeamSearch`` or ``ModifiedBeamSearch`` (chosen once; default
-            BeamSearch(beam_width)).
+        search: any object with the ``Search`` contract (``GreedySearch``, ``BeamSearch``,
+            ``ModifiedBeamSearch``, or your own), chosen once.
         blank: the blank token id (negative counts from the end).
-        max_tokens: token slots per hypothesis (grown automatically when exceeded in beam search; greedy
-            search stops recording past it and ``result`` raises).
-        beam_width, greedy, temperature, step_max_tokens, max_symbols_per_step, expansion_capacity: the first
-            version's way to choose the search, still accepted when ``search`` is not given.
+        max_tokens: token slots per hypothesis to start with (a search that grows its room, as beam search
+            does, grows them when exceeded; greedy search stops recording past them and ``result`` raises).
     """
 
     def __init__(
-        self,
-        model: RNNT,
-        variables,
-        *,
-        search: GreedySearch | BeamSearch | ModifiedBeamSearch | None = None,
-        blank: int = -1,
-        max_tokens: int = 1024,
-        beam_width: int = 4,
-        greedy: bool = False,
-        temperature: float = 1.0,
-        step_max_tokens: int = 100,
-        max_symbols_per_step: int = 10,
-        expansion_capacity: int = 8,
+        self, model: RNNT, variables, *, search: Search, blank: int = -1, max_tokens: int = 1024
     ) -> None:
-        if search is None:
-            search = (
-                GreedySearch(max_symbols_per_step)
-                if greedy
-                else BeamSearch(
-                    _common.check_beam_width(model, beam_width),
-                    _common.check_temperature(temperature),
-                    step_max_tokens,
-                    expansion_capacity,
-                )
-            )
-        if not isinstance(search, (GreedySearch, BeamSearch, ModifiedBeamSearch)):
-            raise TypeError(
-                f"search: expected a GreedySearch, BeamSearch or ModifiedBeamSearch, got {type(search).__name__}"
-            )
-        if isinstance(search, (BeamSearch, ModifiedBeamSearch)):
-            _common.check_beam_width(model, search.beam_width)
+        check_search(search)
         _checks.positive_int("max_tokens", max_tokens)
         self.model, self.variables, self.search = model, variables, search
         self.blank = _common.check_blank(model, blank)
         self.max_tokens = max_tokens
-        self._init = jax.jit(self._init_impl, static_argnums=(1, 2))
+        self._init = jax.jit(self._init_impl, static_argnums=(1,))
         self._step = jax.jit(self._step_impl)
 
-    def _init_impl(self, variables, batch_size: int, max_tokens: int) -> StreamingDecoderState:
-        search = self.search.init(self.model, variables, batch_size, blank=self.blank, max_tokens=max_tokens)
+    def _init_impl(self, variables, batch_size: int) -> StreamingDecoderState:
+        search = self.search.init(
+            self.model, variables, batch_size, blank=self.blank, max_tokens=self.max_tokens
+        )
         return StreamingDecoderState(self.model.init_transcriber_state(batch_size), search)
 
     def _step_impl(self, variables, state: StreamingDecoderState, features, lengths) -> StreamingDecoderState:
@@ -125,7 +81,7 @@ class StreamingDecoder:
     def init(self, batch_size: int) -> StreamingDecoderState:
         """Fresh state for ``batch_size`` streams."""
         _checks.positive_int("batch_size", batch_size)
-        return self._init(self.variables, batch_size, self.max_tokens)
+        return self._init(self.variables, batch_size)
 
     def reset(
         self, state: StreamingDecoderState, mask: jax.Array, *, reset_transcriber: bool = True
@@ -135,12 +91,9 @@ class StreamingDecoder:
         B = state.transcriber.batch_size
         mask = jnp.asarray(mask)
         _checks.array_shape("mask", mask, (B,), "(B,) one flag per stream")
+        fresh = self._init(self.variables, B)
         # Only the contents start afresh; the running state's room (token slots, expansion capacity) stays.
-        fresh = self._init(self.variables, B, state.search.tokens.shape[-1])
-        search = fresh.search
-        if isinstance(search, BeamState):
-            search = search.replace(expansion_capacity=state.search.expansion_capacity)
-        fresh = fresh.replace(search=search)
+        fresh = fresh.replace(search=self.search.grown(fresh.search, state.search))
         if not reset_transcriber:
             fresh = fresh.replace(transcriber=state.transcriber)
         return select_streams(mask, fresh, state)
@@ -161,14 +114,13 @@ class StreamingDecoder:
         """
         features, lengths = _common.check_chunk(self.model, segment_features, segment_lengths)
         new = self._step(self.variables, state, features, lengths)
-        # A beam search that overflowed its room reruns the step with more (unless it had overflowed before).
-        while self.search.needs_more_room(new.search) and not bool(
-            np.any(np.asarray(getattr(state.search, "overflow", False)))
-        ):
+        # A search that ran out of room reruns the step with more (unless it had run out before: an
+        # overflow that stays in the state, which a rerun cannot undo).
+        while self.search.needs_more_room(new.search) and not self.search.needs_more_room(state.search):
             state = state.replace(search=self.search.grown(state.search, new.search))
             new = self._step(self.variables, state, features, lengths)
         return new
 
-    def result(self, state: StreamingDecoderState) -> list:
-        """Each stream's result so far: token id lists (greedy) or lists of ``Hypothesis``, best first."""
+    def result(self, state: StreamingDecoderState) -> list[list[Hypothesis]]:
+        """Each stream's hypotheses so far, best first (greedy search: one)."""
         return self.search.result(state.search)

@@ -93,37 +93,30 @@ def _check_search(search: str, beam: int) -> None:
         raise ValueError(f"beam: expected a beam width >= 1 for {search} search, got {beam!r}")
 
 
-def _streaming_decoder(model, variables, *, search, beam, blank):
-    from streamformer.decoding import BeamSearch, GreedySearch, ModifiedBeamSearch, StreamingDecoder
+def _search_object(search: str, beam: int):
+    """The search named ``search`` (checked by ``_check_search``), recording timestamps."""
+    from streamformer.decoding import BeamSearch, GreedySearch, ModifiedBeamSearch
 
-    chosen = {
-        "greedy": GreedySearch(return_timestamps=True),
-        "beam": BeamSearch(beam, return_timestamps=True),
-        "modified_beam": ModifiedBeamSearch(beam),
-    }[search]
-    return StreamingDecoder(model, variables, search=chosen, blank=blank)
+    if search == "greedy":
+        return GreedySearch(return_timestamps=True)
+    if search == "beam":
+        return BeamSearch(beam, return_timestamps=True)
+    return ModifiedBeamSearch(beam)
 
 
-def _decode_batch(model, variables, features, lengths, *, search, beam, blank, decoder=None):
-    """[(tokens, frames)] per row of a padded batch (B, T + R, F); streaming when a decoder is given."""
-    from streamformer.decoding import beam_search, greedy_search, modified_beam_search, stream_segments
+def _decode_batch(model, variables, features, lengths, *, search, blank, decoder=None):
+    """[(tokens, frames)] of the best hypothesis per row of a padded batch (B, T + R, F); streaming when a
+    decoder is given."""
+    from streamformer.decoding import decode
 
     if decoder is not None:
         state = decoder.init(features.shape[0])
-        S, R = model.segment_length, model.right_context_length
-        for chunk, chunk_lengths in stream_segments(features[:, : features.shape[1] - R], lengths, S, R):
+        R = model.right_context_length
+        for chunk, chunk_lengths in model.layout.iter_chunks(features[:, : features.shape[1] - R], lengths):
             state = decoder.step(state, chunk, chunk_lengths)
         results = decoder.result(state)
-    elif search == "greedy":
-        results = greedy_search(model, variables, features, lengths, blank=blank, return_timestamps=True)
-    elif search == "beam":
-        results = beam_search(
-            model, variables, features, lengths, beam_width=beam, blank=blank, return_timestamps=True
-        )
     else:
-        results = modified_beam_search(model, variables, features, lengths, beam_width=beam, blank=blank)
-    if search == "greedy":
-        return [(list(tokens), list(frames)) for tokens, frames in results]
+        results = decode(model, variables, features, lengths, search, blank=blank)
     return [(h[0].tokens, h[0].timestamps) if h else ([], []) for h in results]
 
 
@@ -148,16 +141,17 @@ def transcribe_features(
     Returns:
         Per sequence, in the input order: {"text", "tokens", "frames", "words": [{"word", "start", "end"}]}.
     """
-    from streamformer.decoding import frame_period, word_times
+    from streamformer.decoding import StreamingDecoder, frame_period, word_times
 
     _check_search(search, beam)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     S, R = model.segment_length, model.right_context_length
     period = frame_period(model.config, hop_seconds)
+    chosen = _search_object(search, beam)
     decoder = None  # one streaming decoder (one compiled step) for every batch
     if streaming:
-        decoder = _streaming_decoder(model, variables, search=search, beam=beam, blank=tokenizer.blank_id)
+        decoder = StreamingDecoder(model, variables, search=chosen, blank=tokenizer.blank_id)
     order = np.argsort([f.shape[0] for f in features], kind="stable")
     out: list[dict | None] = [None] * len(features)
     for begin in range(0, len(order), batch_size):
@@ -174,8 +168,7 @@ def transcribe_features(
             variables,
             batch,
             lengths,
-            search=search,
-            beam=beam,
+            search=chosen,
             blank=tokenizer.blank_id,
             decoder=decoder,
         )

@@ -63,8 +63,7 @@ def export_run(
             batch_size=batch_size,
             max_frames=max_frames,
             # room for every token the search can emit in max_frames: offline results never overflow
-            max_tokens=max(1, max_frames // model.config.time_reduction_stride)
-            * (search.max_symbols_per_step if isinstance(search, GreedySearch) else 1),
+            max_tokens=search.token_room(max(1, max_frames // model.config.time_reduction_stride)),
             blank=run.tokenizer.blank_id,
             tokenizer_path=run.tokenizer.model_path,
             global_stats_path=stats_path,

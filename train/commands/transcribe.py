@@ -123,8 +123,8 @@ def stream_chunks(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """Segment chunks (1, S + R, F), lengths (1,) and the segment's end frame, each as soon as it can go.
 
-    The layout of ``train.evaluate.stream_segments`` (``segment_chunks``): S frames of the segment, then the R
-    frames after its valid frames (zeros past the end of the audio); the length counts valid frames + R.
+    The layout of ``SegmentLayout.iter_chunks``: S frames of the segment, then the R frames after its valid
+    frames (zeros past the end of the audio); the length counts valid frames + R.
     """
     S, R = segment_length, right_context_length
     buffer: np.ndarray | None = None
@@ -154,24 +154,22 @@ def stream_chunks(
 def transcribe_file(run, model, variables, path: str, beam: int = 0, out: TextIO | None = None) -> str:
     """Streams one audio file through the model, printing partial transcripts as segments arrive; the final
     transcript. Raises AudioInputError (naming the file) for a file that cannot be read."""
-    from streamformer.decoding import StreamingDecoder
+    from streamformer.decoding import BeamSearch, GreedySearch, StreamingDecoder
 
     from ..corpora.prepare import normalize
 
     out = out or sys.stdout
     audio, notes = read_audio(path)
     say(f"{path}: {notes}")
-    decoder = StreamingDecoder(
-        model, variables, greedy=beam == 0, beam_width=max(beam, 1), blank=run.tokenizer.blank_id
-    )
+    search = GreedySearch() if beam == 0 else BeamSearch(beam)
+    decoder = StreamingDecoder(model, variables, search=search, blank=run.tokenizer.blank_id)
     state = decoder.init(1)
     S, R = model.segment_length, model.right_context_length
     frames = (normalize(block, run.stats) for block in stream_features(audio))
     text, started, first_done, segments = "", time.perf_counter(), None, 0
     for chunk, lengths, end in stream_chunks(frames, S, R):
         state = decoder.step(state, chunk, lengths)
-        result = decoder.result(state)[0]
-        partial = run.tokenizer.decode(result if beam == 0 else (result[0].tokens if result else []))
+        partial = run.tokenizer.decode(decoder.result(state)[0][0].tokens)
         segments += 1
         if first_done is None:
             first_done = (time.perf_counter(), end)
