@@ -3,7 +3,9 @@ skips, when it cannot: parity is the point of these tests.
 
 One persistent JAX compilation cache serves the whole test run: both xdist workers and every CLI subprocess
 (``python -m train`` reads STREAMFORMER_COMPILATION_CACHE), so a program that several test files or processes
-compile is compiled once. It is kept between runs in .cache/jax-tests (STREAMFORMER_TEST_CACHE moves it).
+compile is compiled once. It is kept between runs, beside the torchaudio reference, in
+$STREAMFORMER_CACHE/jax-tests (default ~/.cache/streamformer/jax-tests; STREAMFORMER_TEST_CACHE moves it);
+entries are keyed by the program and the jax version, so a stale one is never used.
 """
 
 import os
@@ -11,7 +13,8 @@ from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 COMPILATION_CACHE = Path(
-    os.environ.get("STREAMFORMER_TEST_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "jax-tests")
+    os.environ.get("STREAMFORMER_TEST_CACHE")
+    or Path(os.environ.get("STREAMFORMER_CACHE") or Path.home() / ".cache" / "streamformer") / "jax-tests"
 )
 COMPILATION_CACHE.mkdir(parents=True, exist_ok=True)
 os.environ["STREAMFORMER_COMPILATION_CACHE"] = str(COMPILATION_CACHE)  # subprocesses of the CLI
