@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
+import jax.numpy as jnp
+
 from .. import _checks
+from .._nn import Dtype
 from ..encoder_config import EncoderConfig
 from ..layout import SegmentLayout
 
-__all__ = ["TransducerConfig"]
+__all__ = ["TransducerConfig", "TransducerPart"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,3 +113,18 @@ class TransducerConfig:
     def layout(self) -> SegmentLayout:
         """Segments and look-ahead in input frames (S, R): the chunks a stream delivers."""
         return SegmentLayout(self.segment_length, self.right_context_length)
+
+
+class TransducerPart(nn.Module):
+    """Base of the transducer's networks (transcriber, predictor, joiner): each is built from the whole
+    ``config`` and reads the fields it needs; ``dtype`` is the computation dtype, ``param_dtype`` the
+    parameters'."""
+
+    config: TransducerConfig
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        if not isinstance(self.config, TransducerConfig):
+            raise TypeError(f"config: expected a TransducerConfig, got {type(self.config).__name__}")
+        super().__post_init__()

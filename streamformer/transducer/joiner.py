@@ -11,24 +11,15 @@ import jax
 import jax.numpy as jnp
 
 from .. import _checks
-from .._nn import Dtype, dense
-from .config import TransducerConfig
+from .._nn import dense
+from .config import TransducerPart
 
 __all__ = ["Joiner"]
 
 
-class Joiner(nn.Module):
+class Joiner(TransducerPart):
     """torchaudio's _Joiner of ``config``: logits = linear(joiner_activation(source[:, :, None] +
     target[:, None])), encoding_dim D -> num_symbols V."""
-
-    config: TransducerConfig
-    dtype: Dtype = None
-    param_dtype: Dtype = jnp.float32
-
-    def __post_init__(self):
-        if not isinstance(self.config, TransducerConfig):
-            raise TypeError(f"config: expected a TransducerConfig, got {type(self.config).__name__}")
-        super().__post_init__()
 
     #: D, the encodings' dimension.
     input_dim = property(lambda self: self.config.encoding_dim)

@@ -19,7 +19,7 @@ import numpy as np
 from .. import _checks
 from .._nn import Dtype, dense, layer_norm
 from ..state import batch_field
-from .config import TransducerConfig
+from .config import TransducerPart
 
 __all__ = ["CustomLSTM", "Predictor", "PredictorState"]
 
@@ -105,19 +105,10 @@ CustomLSTM = nn.scan(
 )
 
 
-class Predictor(nn.Module):
+class Predictor(TransducerPart):
     """torchaudio's _Predictor of ``config``: embedding (num_symbols, symbol_embedding_dim), input layer norm,
     num_lstm_layers LSTM layers of symbol_embedding_dim units (dropout lstm_dropout after each), linear to
     encoding_dim, output layer norm."""
-
-    config: TransducerConfig
-    dtype: Dtype = None
-    param_dtype: Dtype = jnp.float32
-
-    def __post_init__(self):
-        if not isinstance(self.config, TransducerConfig):
-            raise TypeError(f"config: expected a TransducerConfig, got {type(self.config).__name__}")
-        super().__post_init__()
 
     num_symbols = property(lambda self: self.config.num_symbols)
     num_lstm_layers = property(lambda self: self.config.num_lstm_layers)

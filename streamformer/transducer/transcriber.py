@@ -24,7 +24,7 @@ from ..emformer import Emformer
 from ..encoder_config import EncoderConfig
 from ..layout import SegmentLayout
 from ..streaming import EmformerState, StreamingEncoder
-from .config import TransducerConfig
+from .config import TransducerPart
 
 __all__ = ["ConvEmformerTranscriber", "EmformerTranscriber", "TimeReduction", "encoder_for"]
 
@@ -49,7 +49,7 @@ class TimeReduction(nn.Module):
         return output, lengths // self.stride
 
 
-class EmformerTranscriber(nn.Module):
+class EmformerTranscriber(TransducerPart):
     """torchaudio's _EmformerEncoder: input_linear (no bias), time_reduction, transformer (Emformer on
     segment_length // stride and right_context_length // stride reduced frames), output_linear, layer_norm.
 
@@ -59,17 +59,12 @@ class EmformerTranscriber(nn.Module):
     configurations).
     """
 
-    config: TransducerConfig
-    dtype: Dtype = None
-    param_dtype: Dtype = jnp.float32
-
     #: The encoder kind this transcriber holds (TransducerConfig.encoder).
     encoder_kind: ClassVar[str] = "emformer"
 
     def __post_init__(self):
+        super().__post_init__()
         c = self.config
-        if not isinstance(c, TransducerConfig):
-            raise TypeError(f"config: expected a TransducerConfig, got {type(c).__name__}")
         if c.encoder != self.encoder_kind:
             raise ValueError(
                 "transformer_kernel_size: an Emformer transcriber has no convolution (expected None, got "
@@ -78,7 +73,6 @@ class EmformerTranscriber(nn.Module):
                 else "transformer_kernel_size: a ConvEmformer transcriber needs the convolution's kernel size "
                 "(expected an integer >= 1, got None); use EmformerTranscriber / emformer_rnnt_model"
             )
-        super().__post_init__()
 
     # -- configuration ---------------------------------------------------------------------------
 
