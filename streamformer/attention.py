@@ -131,7 +131,7 @@ class EmformerAttention(nn.Module):
 
         rc_keys, rc_values = keys_values(right_context)
         utt_keys, utt_values = keys_values(utterance.reshape(B, N * S, D))
-        frame_start = jnp.arange(N) * S
+        frame_start = c.layout.segment_starts(N)
         frame_keys = gather_windows(
             jnp.concatenate([left_keys.astype(utt_keys.dtype), utt_keys], 1), frame_start, L + S
         )

@@ -69,7 +69,7 @@ def masked_segment_mean(segments: jax.Array, valid_frames: jax.Array) -> jax.Arr
     return total / jnp.maximum(valid_frames, 1)[..., None].astype(total.dtype)
 
 
-def segment_masks(positions: jax.Array, valid_frames: jax.Array, S: int, L: int, M: int) -> SegmentMasks:
+def segment_masks(positions: jax.Array, valid_frames: jax.Array, config: EncoderConfig) -> SegmentMasks:
     """Which keys N segments see, continuing streams at ``positions`` (B,) (0 for the forward pass).
 
     ``valid_frames`` (B, N) counts each segment's valid frames (``SegmentLayout.valid_frames``). Memory slot j
@@ -77,8 +77,9 @@ def segment_masks(positions: jax.Array, valid_frames: jax.Array, S: int, L: int,
     frame slot j is entry n S + j of [the state's L left-context frames, the N S segment frames]. State slots
     are filled once the stream has seen that much (ceil(position / S) memory vectors, position frames).
     """
-    B, N = valid_frames.shape
-    filled_memory = jnp.minimum(M, -(-positions // S))
+    layout, L, M = config.layout, config.left_context_length, config.max_memory_size
+    S, (B, N) = layout.segment_length, valid_frames.shape
+    filled_memory = jnp.minimum(M, layout.num_segments(positions))
     filled_left = jnp.minimum(L, positions)
     memory_filled = jnp.concatenate(
         [jnp.arange(M)[None, :] >= M - filled_memory[:, None], jnp.ones((B, N - 1), bool)], 1
@@ -87,7 +88,7 @@ def segment_masks(positions: jax.Array, valid_frames: jax.Array, S: int, L: int,
     frames_filled = jnp.concatenate([jnp.arange(L)[None, :] >= L - filled_left[:, None], segment_frames], 1)
     return SegmentMasks(
         memory=gather_windows(memory_filled[..., None], jnp.arange(N), M)[..., 0],
-        frames=gather_windows(frames_filled[..., None], jnp.arange(N) * S, L + S)[..., 0],
+        frames=gather_windows(frames_filled[..., None], layout.segment_starts(N), L + S)[..., 0],
         valid_frames=valid_frames,
     )
 
@@ -204,10 +205,7 @@ class StreamingEncoder(nn.Module):
         (B, N, R, D), valid_frames (B, N) of each segment. Returns the output segments (B, N, S, D) and the
         state after them (each stream advanced by N S frames)."""
         N = segments.shape[1]
-        c = self.config
-        masks = segment_masks(
-            state.positions, valid_frames, c.segment_length, c.left_context_length, c.max_memory_size
-        )
+        masks = segment_masks(state.positions, valid_frames, self.config)
         memory = masked_segment_mean(segments, masks.valid_frames)  # layer 0's memory: means of raw segments
         layer_states = []
         for layer, layer_state in zip(self.emformer_layers, state.layers):
