@@ -133,6 +133,12 @@ class StreamingEncoder(nn.Module):
         if not isinstance(config, EncoderConfig):
             raise TypeError(f"config: expected an EncoderConfig, got {type(config).__name__}")
         arguments = {arg: getattr(config, name) for name, arg in cls._config_arguments().items()}
+        if config.is_conv_emformer != ("kernel_size" in arguments):
+            raise ValueError(
+                f"config: {cls.__name__} expected kernel_size "
+                f"{'an integer' if 'kernel_size' in arguments else 'None'}, got {config.kernel_size!r} "
+                "(streamformer.transducer.encoder_for(config) builds the encoder a config describes)"
+            )
         return cls(**arguments, **module_arguments)
 
     def setup(self):
