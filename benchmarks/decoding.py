@@ -31,7 +31,7 @@ import numpy as np
 from _timing import median_time
 
 from streamformer.decoding import BeamSearch, StreamingDecoder, beam_search, greedy_search
-from streamformer.rnnt import emformer_rnnt_base
+from streamformer.transducer import emformer_rnnt_base
 
 FRAMES, MELS, V = 1000, 80, 4097
 

@@ -24,7 +24,7 @@ import numpy as np
 from _timing import median_time
 
 from streamformer.decoding import ModifiedBeamSearch, StreamingDecoder, modified_beam_search
-from streamformer.rnnt import emformer_rnnt_base
+from streamformer.transducer import emformer_rnnt_base
 
 FRAMES, MELS, V, BEAM, BATCH = 1000, 80, 4097, 4, 32
 

@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from streamformer.losses import rnnt_loss, rnnt_loss_pruned, rnnt_loss_simple, rnnt_prune_ranges
-from streamformer.rnnt import RNNT, pruned_joiner_fn
 from streamformer.train.corpora import audio as data_lib
+from streamformer.transducer import RNNT, pruned_joiner_fn
 
 
 def make_lattice_fn(model: RNNT, optim, blank: int, prune_range: int):

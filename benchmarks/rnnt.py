@@ -6,7 +6,7 @@ Measures, for 10 s of input (1000 feature frames of 80 mels):
 1. streaming latency at batch 1: seconds per 16 + 4 frame segment, torchaudio's transcribe_streaming loop
    against our jitted transcribe_streaming step (one compiled call per segment, result fetched every step);
 2. streaming throughput: 32 streams in one batch (our jitted step over a (32, 20, 80) chunk, and
-   transcribe_stream, the whole utterance as one lax.scan) against torchaudio's one-stream loop run once per
+   transcribe_in_segments, the whole utterance as one lax.scan) against torchaudio's one-stream loop run once per
    stream (measured on one stream, times 32);
 3. offline transcribe at batch 1.
 
@@ -27,7 +27,7 @@ import torch
 from _timing import median_time
 
 from streamformer.convert import from_torchaudio, reference
-from streamformer.rnnt import emformer_rnnt_base
+from streamformer.transducer import emformer_rnnt_base
 
 FRAMES, MELS = 1000, 80
 
@@ -67,7 +67,7 @@ def main() -> None:
     jit_step = jax.jit(
         lambda v, x, n, s: model.apply(v, x, n, s, method="transcribe_streaming"), donate_argnums=3
     )
-    jit_stream = jax.jit(lambda v, x, n: model.apply(v, x, n, method="transcribe_stream"))
+    jit_stream = jax.jit(lambda v, x, n: model.apply(v, x, n, method="transcribe_in_segments"))
     jit_transcribe = jax.jit(lambda v, x, n: model.apply(v, x, n, method="transcribe"))
     step = lambda *a: jit_step(variables, *a)  # noqa: E731
     stream = lambda *a: jit_stream(variables, *a)  # noqa: E731
@@ -182,7 +182,7 @@ def main() -> None:
         f"(one-stream loop x {args.streams}) | {t_ours_batch:.3f} s | {theirs_n / t_ours_batch:.1f}x |"
     )
     print(
-        f"| {args.streams} streams x 10 s, transcribe_stream (one lax.scan) | {theirs_n:.2f} s "
+        f"| {args.streams} streams x 10 s, transcribe_in_segments (one lax.scan) | {theirs_n:.2f} s "
         f"(one-stream loop x {args.streams}) | {t_ours_scan:.3f} s | {theirs_n / t_ours_scan:.1f}x |"
     )
     print(

@@ -66,7 +66,7 @@ def _from_torch_layout(leaf: str, array: np.ndarray) -> np.ndarray:
 
 
 #: Top-level parameter collections that exist only for training and have no torchaudio counterpart
-#: (the pruned RNN-T loss's projections, ``streamformer.rnnt.with_simple_loss_projections``).
+#: (the pruned RNN-T loss's projections, ``streamformer.transducer.with_simple_loss_projections``).
 _TRAINING_ONLY = ("simple_loss",)
 
 

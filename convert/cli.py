@@ -63,9 +63,9 @@ def _conv_emformer(**kwargs):
 
 def _rnnt_factory(name: str) -> Callable[..., Any]:
     def build(**kwargs):
-        from streamformer import rnnt
+        from streamformer import transducer
 
-        return getattr(rnnt, name)(**kwargs)
+        return getattr(transducer, name)(**kwargs)
 
     return build
 

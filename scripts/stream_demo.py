@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = ConvEmformer(**common, kernel_size=5) if args.conv else Emformer(**common)
     T = args.frames
-    x = jax.random.normal(jax.random.key(1), (1, T + R, D))
+    # A live stream has no frames after its end: its last look-ahead is zeros, as the chunk feeder sends it.
+    x = jnp.pad(jax.random.normal(jax.random.key(1), (1, T, D)), ((0, 0), (0, R), (0, 0)))
     lengths = jnp.array([T])
     variables = model.init(jax.random.key(0), x, lengths)
     print(f"{type(model).__name__}: {T} frames, segments of {S} + {R} right-context frames")
@@ -55,13 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     jax.block_until_ready(stream(variables, x, lengths))
     print(f"whole utterance as one lax.scan: {(time.perf_counter() - start) * 1e3:.1f} ms")
 
-    # One segment at a time, as audio arrives. The last segment may be partial; padding there is ignored.
+    # One segment at a time, as frames arrive (5 at a time here): the feeder sends a segment once its
+    # look-ahead exists, and the last (maybe partial) one when the stream ends; padding there is ignored.
     state, outputs, latencies = model.init_state(1), [], []
     jax.block_until_ready(infer(variables, jnp.zeros((1, S + R, D)), jnp.array([S + R]), state))  # compile
-    for i, (chunk, chunk_length) in enumerate(model.layout.iter_chunks(np.asarray(x), np.array([T]))):
+    feeder, frames = model.layout.feeder(1, D), np.asarray(x[:, :T])
+
+    def arriving_chunks():
+        for first in range(0, T, 5):
+            yield from feeder.feed(frames[:, first : first + 5])
+        yield from feeder.finish()
+
+    for i, (chunk, chunk_length) in enumerate(arriving_chunks()):
         valid = int(chunk_length[0]) - R
         start = time.perf_counter()
-        out, _, state = infer(variables, chunk, jnp.array([valid + R]), state)
+        out, _, state = infer(variables, chunk, jnp.asarray(chunk_length), state)
         jax.block_until_ready(out)
         latencies.append(time.perf_counter() - start)
         outputs.append(out[:, :valid])

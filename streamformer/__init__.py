@@ -8,7 +8,8 @@ as a ``lax.scan`` over segments with an explicit state pytree, the RNN-T loss, a
 from .attention import EmformerLayerState
 from .conv_emformer import ConvEmformer, ConvEmformerLayerState
 from .emformer import Emformer
-from .layout import SegmentLayout, segment_chunks
+from .encoder_config import EncoderConfig
+from .layout import ChunkFeeder, SegmentLayout
 from .losses import (
     pruned_rnnt_loss,
     rnnt_loss,
@@ -17,7 +18,9 @@ from .losses import (
     rnnt_loss_simple,
     rnnt_prune_ranges,
 )
-from .rnnt import (
+from .state import batch_axes, reset_streams, select_streams, take_streams
+from .streaming import EmformerState
+from .transducer import (
     RNNT,
     PredictorState,
     TransducerConfig,
@@ -28,18 +31,18 @@ from .rnnt import (
     pruned_joiner_fn,
     with_simple_loss_projections,
 )
-from .state import batch_axes, reset_streams, select_streams, take_streams
-from .streaming import EmformerState
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RNNT",
+    "ChunkFeeder",
     "ConvEmformer",
     "ConvEmformerLayerState",
     "Emformer",
     "EmformerLayerState",
     "EmformerState",
+    "EncoderConfig",
     "SegmentLayout",
     "TransducerConfig",
     "batch_axes",
@@ -56,7 +59,6 @@ __all__ = [
     "rnnt_loss_pruned",
     "rnnt_loss_simple",
     "rnnt_prune_ranges",
-    "segment_chunks",
     "select_streams",
     "take_streams",
     "with_simple_loss_projections",

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ._nn import Dtype, dense
+from .encoder_config import EncoderConfig
 from .state import push_frames
 
 
@@ -74,16 +75,12 @@ def gather_windows(bank: jax.Array, start: jax.Array, width: int) -> jax.Array:
 class EmformerAttention(nn.Module):
     """torchaudio's _EmformerAttention (emb_to_key_value, emb_to_query, out_proj), computed per segment window.
 
-    Attributes mirror torchaudio; ``weight_init_gain`` selects xavier_uniform(gain) for the query and key/value
-    projections (None: PyTorch's default).
+    ``config`` is the encoder's; ``layer_index`` sets the query and key/value projections' initialisation
+    (``config.weight_init_gain``).
     """
 
-    input_dim: int
-    num_heads: int
-    dropout: float = 0.0
-    weight_init_gain: float | None = None
-    tanh_on_mem: bool = False
-    negative_inf: float = -1e8
+    config: EncoderConfig
+    layer_index: int
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
 
@@ -113,15 +110,17 @@ class EmformerAttention(nn.Module):
             right_context (B, N, R, D), utterance (B, N, S, D), memory (B, N, D) or None, and the layer's
             state after the N segments (``state.replace(...)``: subclass fields are kept).
         """
-        D, H = self.input_dim, self.num_heads
+        c = self.config
+        D, H = c.input_dim, c.num_heads
         B, N, S, _ = utterance.shape
         R = right_context.shape[2]
         M = masks.memory.shape[-1]
         L = state.left_context_keys.shape[1]
         left_keys, left_values = state.left_context_keys, state.left_context_values
         kw = dict(fan_in=D, dtype=self.dtype, param_dtype=self.param_dtype)
-        to_query = dense(D, gain=self.weight_init_gain, name="emb_to_query", **kw)
-        to_key_value = dense(2 * D, gain=self.weight_init_gain, name="emb_to_key_value", **kw)
+        gain = c.weight_init_gain(self.layer_index)
+        to_query = dense(D, gain=gain, name="emb_to_query", **kw)
+        to_key_value = dense(2 * D, gain=gain, name="emb_to_key_value", **kw)
 
         def keys_values(x):
             kv = to_key_value(x)
@@ -132,7 +131,7 @@ class EmformerAttention(nn.Module):
 
         rc_keys, rc_values = keys_values(right_context)
         utt_keys, utt_values = keys_values(utterance.reshape(B, N * S, D))
-        frame_start = jnp.arange(N) * S
+        frame_start = c.layout.segment_starts(N)
         frame_keys = gather_windows(
             jnp.concatenate([left_keys.astype(utt_keys.dtype), utt_keys], 1), frame_start, L + S
         )
@@ -159,16 +158,16 @@ class EmformerAttention(nn.Module):
 
         split = lambda x: x.reshape(*x.shape[:-1], H, D // H)  # noqa: E731
         scores = jnp.einsum("bnqhd,bnkhd->bnhqk", split(query), split(key)).astype(jnp.float32)
-        scores = jnp.where(visible[:, :, None], scores, jnp.float32(self.negative_inf))
+        scores = jnp.where(visible[:, :, None], scores, jnp.float32(c.negative_inf))
         probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
-        probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
+        probs = nn.Dropout(c.dropout)(probs, deterministic=deterministic)
         attended = jnp.einsum("bnhqk,bnkhd->bnqhd", probs, split(value)).reshape(B, N, -1, D)
         output = dense(D, name="out_proj", **kw)(attended)
 
         memory_out = None
         if summary is not None:
             memory_out = output[:, :, R + S]
-            memory_out = jnp.tanh(memory_out) if self.tanh_on_mem else jnp.clip(memory_out, -10, 10)
+            memory_out = jnp.tanh(memory_out) if c.tanh_on_mem else jnp.clip(memory_out, -10, 10)
         new_state = state.replace(
             memory=push_frames(state.memory, memory) if M > 0 else state.memory,
             left_context_keys=push_frames(left_keys, utt_keys),

@@ -12,6 +12,8 @@ sequence for its last segment. So no convolution ever reads padding or another s
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 from . import _checks
 from ._nn import ACTIVATIONS, Dtype, activation, dense, layer_norm, torch_default_bias_init
 from .attention import EmformerAttention, EmformerLayerState, SegmentMasks
+from .encoder_config import EncoderConfig
 from .layout import SegmentLayout
 from .streaming import StreamingEncoder, masked_segment_mean
 
@@ -39,34 +42,25 @@ class ConvEmformerLayerState(EmformerLayerState):
 class _HalfStepFeedForward(nn.Module):
     """torchaudio's _ResidualContainer(Sequential(LayerNorm, Linear, act, Dropout, Linear, Dropout), 0.5)."""
 
-    input_dim: int
-    ffn_dim: int
-    dropout: float
-    activation: str
+    config: EncoderConfig
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
+        c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        drop = nn.Dropout(self.dropout)
-        h = dense(self.ffn_dim, fan_in=self.input_dim, name="module_1", **kw)(
-            layer_norm(name="module_0", **kw)(x)
-        )
-        h = drop(activation(self.activation, "ffn_activation")(h), deterministic=deterministic)
-        h = drop(
-            dense(self.input_dim, fan_in=self.ffn_dim, name="module_4", **kw)(h), deterministic=deterministic
-        )
+        drop = nn.Dropout(c.dropout)
+        h = dense(c.ffn_dim, fan_in=c.input_dim, name="module_1", **kw)(layer_norm(name="module_0", **kw)(x))
+        h = drop(activation(c.activation, "ffn_activation")(h), deterministic=deterministic)
+        h = drop(dense(c.input_dim, fan_in=c.ffn_dim, name="module_4", **kw)(h), deterministic=deterministic)
         return 0.5 * h + x
 
 
 class _ConvolutionModule(nn.Module):
     """torchaudio's _ConvolutionModule: LayerNorm, Linear + GLU, depthwise Conv1d, LayerNorm, activation, Linear."""
 
-    input_dim: int
-    kernel_size: int
-    activation: str = "silu"
-    dropout: float = 0.0
+    config: EncoderConfig
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
 
@@ -76,7 +70,7 @@ class _ConvolutionModule(nn.Module):
         Returns utterance, right_context and the new cache (the K - 1 frames before the last segment's right
         context: the stream's next cache in a streaming step, where N = 1)."""
         B, N, S, D = utterance.shape
-        R, K = right_context.shape[2], self.kernel_size
+        R, K = right_context.shape[2], self.config.kernel_size
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         pre_norm = layer_norm(name="pre_conv_0", **kw)
         pre_linear = dense(2 * D, fan_in=D, name="pre_conv_1", **kw)
@@ -115,8 +109,8 @@ class _ConvolutionModule(nn.Module):
         else:
             conv_rc = right_context
 
-        act = activation(self.activation, "conv_activation")
-        drop = nn.Dropout(self.dropout)
+        act = activation(self.config.conv_activation, "conv_activation")
+        drop = nn.Dropout(self.config.dropout)
         post = lambda y: drop(post_linear(act(post_norm(y))), deterministic=deterministic)  # noqa: E731
         return (
             post(conv_utterance) + utterance,
@@ -128,18 +122,20 @@ class _ConvolutionModule(nn.Module):
 class ConvEmformerLayer(nn.Module):
     """torchaudio's _ConvEmformerLayer; parameter names follow torchaudio (ffn0.module.0 is ffn0/module_0, ...)."""
 
-    input_dim: int
-    num_heads: int
-    ffn_dim: int
-    kernel_size: int
-    dropout: float = 0.0
-    ffn_activation: str = "relu"
-    weight_init_gain: float | None = None
-    tanh_on_mem: bool = False
-    negative_inf: float = -1e8
-    conv_activation: str = "silu"
+    config: EncoderConfig
+    layer_index: int
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
+
+    @nn.nowrap
+    def init_state(self, batch_size: int, dtype: Dtype) -> ConvEmformerLayerState:
+        """What this layer keeps between streaming steps, fresh: an Emformer layer's memory and left-context
+        keys and values, and the convolution's cache (B, K - 1, D). Needs no parameters."""
+        c = self.config
+        cache = jnp.zeros((batch_size, c.kernel_size - 1, c.input_dim), dtype)
+        return ConvEmformerLayerState.zeros(
+            batch_size, c.max_memory_size, c.left_context_length, c.input_dim, dtype, conv_cache=cache
+        )
 
     @nn.compact
     def __call__(
@@ -152,30 +148,18 @@ class ConvEmformerLayer(nn.Module):
         deterministic: bool,
     ):
         """See EmformerLayer. Returns (utterance, right_context, memory, state)."""
-        D = self.input_dim
+        c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ffn = dict(
-            input_dim=D, ffn_dim=self.ffn_dim, dropout=self.dropout, activation=self.ffn_activation, **kw
-        )
-        ffn0, ffn1 = _HalfStepFeedForward(**ffn, name="ffn0"), _HalfStepFeedForward(**ffn, name="ffn1")
+        ffn0, ffn1 = _HalfStepFeedForward(c, name="ffn0", **kw), _HalfStepFeedForward(c, name="ffn1", **kw)
         layer_norm_input = layer_norm(name="layer_norm_input", **kw)
 
         # Unlike Emformer, the summary is the mean of the raw segment, which then goes through ffn0 and the norm.
-        has_memory = masks.memory.shape[-1] > 0
+        has_memory = c.max_memory_size > 0
         summary = (
             ffn0(masked_segment_mean(utterance, masks.valid_frames), deterministic) if has_memory else None
         )
         utterance, right_context = ffn0(utterance, deterministic), ffn0(right_context, deterministic)
-        rc_out, utt_out, memory, state = EmformerAttention(
-            D,
-            self.num_heads,
-            self.dropout,
-            self.weight_init_gain,
-            self.tanh_on_mem,
-            self.negative_inf,
-            name="attention",
-            **kw,
-        )(
+        rc_out, utt_out, memory, state = EmformerAttention(c, self.layer_index, name="attention", **kw)(
             layer_norm_input(right_context),
             layer_norm_input(utterance),
             layer_norm_input(summary) if has_memory else None,
@@ -184,12 +168,12 @@ class ConvEmformerLayer(nn.Module):
             masks,
             deterministic,
         )
-        drop = nn.Dropout(self.dropout)
+        drop = nn.Dropout(c.dropout)
         utterance = drop(utt_out, deterministic=deterministic) + utterance
         right_context = drop(rc_out, deterministic=deterministic) + right_context
-        utterance, right_context, conv_cache = _ConvolutionModule(
-            D, self.kernel_size, self.conv_activation, self.dropout, name="conv", **kw
-        )(utterance, right_context, state.conv_cache, masks.valid_frames, deterministic)
+        utterance, right_context, conv_cache = _ConvolutionModule(c, name="conv", **kw)(
+            utterance, right_context, state.conv_cache, masks.valid_frames, deterministic
+        )
         layer_norm_output = layer_norm(name="layer_norm_output", **kw)
         utterance = layer_norm_output(ffn1(utterance, deterministic))
         right_context = layer_norm_output(ffn1(right_context, deterministic))
@@ -234,29 +218,10 @@ class ConvEmformer(StreamingEncoder):
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
 
+    layer_class: ClassVar[type[nn.Module]] = ConvEmformerLayer
+    config_names: ClassVar[dict[str, str]] = {"ffn_activation": "activation"}
+
     def __post_init__(self):
-        self._validate_config()
-        _checks.positive_int("kernel_size", self.kernel_size)
+        # Named as the caller named it (EncoderConfig, which the base class checks next, calls it activation).
         _checks.one_of("ffn_activation", self.ffn_activation, list(ACTIVATIONS))
-        _checks.one_of("conv_activation", self.conv_activation, list(ACTIVATIONS))
         super().__post_init__()
-
-    @nn.nowrap
-    def _init_layer_state(self, batch_size: int, dtype) -> ConvEmformerLayerState:
-        cache = jnp.zeros((batch_size, self.kernel_size - 1, self.input_dim), dtype)
-        return ConvEmformerLayerState.zeros(
-            batch_size,
-            self.max_memory_size,
-            self.left_context_length,
-            self.input_dim,
-            dtype,
-            conv_cache=cache,
-        )
-
-    def _make_layer(self, index: int) -> ConvEmformerLayer:
-        return ConvEmformerLayer(
-            kernel_size=self.kernel_size,
-            ffn_activation=self.ffn_activation,
-            conv_activation=self.conv_activation,
-            **self._layer_arguments(index),
-        )

@@ -7,13 +7,15 @@ ConvEmformer in ``streaming.py`` and ``attention.py``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from . import _checks
-from ._nn import ACTIVATIONS, Dtype, activation, dense, layer_norm
+from ._nn import Dtype, activation, dense, layer_norm
 from .attention import EmformerAttention, EmformerLayerState, SegmentMasks
+from .encoder_config import EncoderConfig
 from .streaming import EmformerState, StreamingEncoder, masked_segment_mean
 
 __all__ = ["Emformer", "EmformerLayerState", "EmformerState"]
@@ -22,16 +24,19 @@ __all__ = ["Emformer", "EmformerLayerState", "EmformerState"]
 class EmformerLayer(nn.Module):
     """torchaudio's _EmformerLayer. Parameter names follow torchaudio (pos_ff_0 is pos_ff.0, ...)."""
 
-    input_dim: int
-    num_heads: int
-    ffn_dim: int
-    dropout: float = 0.0
-    activation: str = "relu"
-    weight_init_gain: float | None = None
-    tanh_on_mem: bool = False
-    negative_inf: float = -1e8
+    config: EncoderConfig
+    layer_index: int
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
+
+    @nn.nowrap
+    def init_state(self, batch_size: int, dtype: Dtype) -> EmformerLayerState:
+        """What this layer keeps between streaming steps, fresh: memory (B, M, D), left-context keys and values
+        (B, L, D). Needs no parameters."""
+        c = self.config
+        return EmformerLayerState.zeros(
+            batch_size, c.max_memory_size, c.left_context_length, c.input_dim, dtype
+        )
 
     @nn.compact
     def __call__(
@@ -46,23 +51,15 @@ class EmformerLayer(nn.Module):
         """utterance (B, N, S, D), right_context (B, N, R, D), memory (B, N, D) from the layer below, the
         layer's state before the segments. Returns (utterance, right_context, memory (B, N, D) or None, state
         after the segments)."""
-        D = self.input_dim
+        c = self.config
+        D = c.input_dim
         norm = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        has_memory = masks.memory.shape[-1] > 0
+        has_memory = c.max_memory_size > 0
 
         layer_norm_input = layer_norm(name="layer_norm_input", **norm)
         normed_utterance, normed_right_context = layer_norm_input(utterance), layer_norm_input(right_context)
         summary = masked_segment_mean(normed_utterance, masks.valid_frames) if has_memory else None
-        rc_out, utt_out, memory, state = EmformerAttention(
-            D,
-            self.num_heads,
-            self.dropout,
-            self.weight_init_gain,
-            self.tanh_on_mem,
-            self.negative_inf,
-            name="attention",
-            **norm,
-        )(
+        rc_out, utt_out, memory, state = EmformerAttention(c, self.layer_index, name="attention", **norm)(
             normed_right_context,
             normed_utterance,
             summary,
@@ -72,12 +69,12 @@ class EmformerLayer(nn.Module):
             deterministic,
         )
 
-        drop = nn.Dropout(self.dropout)
-        ffn_in = dense(self.ffn_dim, fan_in=D, name="pos_ff_1", **norm)
-        ffn_out = dense(D, fan_in=self.ffn_dim, name="pos_ff_4", **norm)
+        drop = nn.Dropout(c.dropout)
+        ffn_in = dense(c.ffn_dim, fan_in=D, name="pos_ff_1", **norm)
+        ffn_out = dense(D, fan_in=c.ffn_dim, name="pos_ff_4", **norm)
         ffn_norm = layer_norm(name="pos_ff_0", **norm)
         output_norm = layer_norm(name="layer_norm_output", **norm)
-        act = activation(self.activation)
+        act = activation(c.activation)
 
         def post(attended, residual):
             x = drop(attended, deterministic=deterministic) + residual
@@ -92,7 +89,8 @@ class Emformer(StreamingEncoder):
     """Emformer: Efficient Memory Transformer Based Acoustic Model for Low Latency Streaming Speech Recognition.
 
     The constructor is torchaudio's, same order and defaults, then ``dtype`` (computation) and ``param_dtype``;
-    the attention softmax always runs in float32.
+    the attention softmax always runs in float32. ``model.config`` is these arguments as one ``EncoderConfig``
+    (what the layers receive); ``Emformer.from_config(config)`` builds the encoder of one.
 
     Args:
         input_dim: input dimension D.
@@ -138,10 +136,4 @@ class Emformer(StreamingEncoder):
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
 
-    def __post_init__(self):
-        self._validate_config()
-        _checks.one_of("activation", self.activation, list(ACTIVATIONS))
-        super().__post_init__()
-
-    def _make_layer(self, index: int) -> EmformerLayer:
-        return EmformerLayer(activation=self.activation, **self._layer_arguments(index))
+    layer_class: ClassVar[type[nn.Module]] = EmformerLayer

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _checks
 
-__all__ = ["SegmentLayout", "segment_chunks"]
+__all__ = ["ChunkFeeder", "SegmentLayout"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +47,10 @@ class SegmentLayout:
     def num_segments(self, frames: int) -> int:
         """N = ceil(T / S)."""
         return -(-frames // self.segment_length)
+
+    def padded_frames(self, frames: int) -> int:
+        """N S: ``frames`` rounded up to whole segments."""
+        return self.num_segments(frames) * self.segment_length
 
     def segment_starts(self, num_segments: int) -> jax.Array:
         """(N,) the first frame of each segment."""
@@ -130,10 +134,58 @@ class SegmentLayout:
         for n in range(N):
             yield chunks[:, n], chunk_lengths[:, n]
 
+    def feeder(self, batch_size: int, num_features: int, dtype=np.float32) -> ChunkFeeder:
+        """A ``ChunkFeeder`` of this layout: frames of live streams in, streaming-step chunks out."""
+        return ChunkFeeder(self, batch_size, num_features, dtype)
 
-def segment_chunks(
-    input: jax.Array, lengths: jax.Array, segment_length: int, right_context_length: int
-) -> tuple[jax.Array, jax.Array]:
-    """``SegmentLayout(segment_length, right_context_length).chunks(input, lengths)`` (the name of the first
-    version, kept)."""
-    return SegmentLayout(segment_length, right_context_length).chunks(input, lengths)
+
+class ChunkFeeder:
+    """Cuts live streams into the chunks of streaming steps as their frames arrive (numpy, on the host).
+
+    ``feed(frames)`` takes the streams' next frames (B, n, F), any n, and returns the chunks that became
+    complete: a segment goes once its R look-ahead frames exist. ``finish()`` returns the rest when the streams
+    end: the last (partial) segments, with the look-ahead that exists and zeros after it. Chunks are
+    ``(chunk (B, S + R, F), chunk_lengths (B,))`` as a streaming step takes them (lengths: valid frames + R);
+    all B streams advance together. Together they are exactly ``layout.iter_chunks`` of the whole utterances.
+
+    Example:
+        >>> feeder = model.layout.feeder(1, 80)
+        >>> for frames in audio_frames():                      # (1, n, 80) as they come
+        ...     for chunk, lengths in feeder.feed(frames):
+        ...         state = decoder.step(state, chunk, lengths)
+        >>> for chunk, lengths in feeder.finish(): ...
+    """
+
+    def __init__(self, layout: SegmentLayout, batch_size: int, num_features: int, dtype=np.float32):
+        _checks.positive_int("batch_size", batch_size)
+        _checks.positive_int("num_features", num_features)
+        self.layout = layout
+        self._pending = np.zeros((batch_size, 0, num_features), dtype)  # frames not yet in a sent segment
+
+    def feed(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """frames (B, n, F), n >= 0: the streams' next frames. Returns the chunks now complete, in order."""
+        B, _, F = self._pending.shape
+        _checks.array_shape("frames", frames, (B, None, F), "(B, n, F) matching the feeder")
+        self._pending = np.concatenate([self._pending, np.asarray(frames, self._pending.dtype)], axis=1)
+        S, chunk_length = self.layout.segment_length, self.layout.chunk_length
+        ready = []
+        while self._pending.shape[1] >= chunk_length:
+            ready.append((self._pending[:, :chunk_length].copy(), np.full(B, chunk_length, np.int32)))
+            self._pending = self._pending[:, S:]
+        return ready
+
+    def finish(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The chunks left when the streams end (none once called); past the last frame, look-ahead frames
+        are zeros, as ``iter_chunks`` counts frames past the array's end."""
+        S, R = self.layout.segment_length, self.layout.right_context_length
+        B, _, F = self._pending.shape
+        ready = []
+        while self._pending.shape[1] > 0:
+            valid = min(S, self._pending.shape[1])
+            look_ahead = self._pending[:, valid : valid + R]
+            chunk = np.zeros((B, S + R, F), self._pending.dtype)
+            chunk[:, :valid] = self._pending[:, :valid]
+            chunk[:, S : S + look_ahead.shape[1]] = look_ahead
+            ready.append((chunk, np.full(B, valid + R, np.int32)))
+            self._pending = self._pending[:, valid:]
+        return ready

@@ -10,7 +10,8 @@ directly by its R right-context frames; whatever lies beyond is padding and is n
 
 from __future__ import annotations
 
-import math
+import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import flax.struct
@@ -19,9 +20,10 @@ import jax.numpy as jnp
 
 from . import _checks
 from ._nn import Dtype
-from .attention import EmformerLayerState, SegmentMasks, gather_windows
+from .attention import SegmentMasks, gather_windows
+from .encoder_config import EncoderConfig
 from .layout import SegmentLayout
-from .state import reset_streams, select_streams
+from .state import select_streams
 
 
 @flax.struct.dataclass
@@ -67,118 +69,112 @@ def masked_segment_mean(segments: jax.Array, valid_frames: jax.Array) -> jax.Arr
     return total / jnp.maximum(valid_frames, 1)[..., None].astype(total.dtype)
 
 
-def segment_masks(
-    positions: jax.Array, lengths: jax.Array, num_segments: int, S: int, L: int, M: int
-) -> SegmentMasks:
+def segment_masks(positions: jax.Array, valid_frames: jax.Array, config: EncoderConfig) -> SegmentMasks:
     """Which keys N segments see, continuing streams at ``positions`` (B,) (0 for the forward pass).
 
-    ``lengths`` (B,) counts the valid frames from the first segment's start. Memory slot j of segment n is
-    bank entry n + j of [the state's M slots, the memory vectors of segments 0 .. N - 2]; frame slot j is entry
-    n S + j of [the state's L left-context frames, the N S segment frames]. State slots are filled once the
-    stream has seen that much (ceil(position / S) memory vectors, position frames).
+    ``valid_frames`` (B, N) counts each segment's valid frames (``SegmentLayout.valid_frames``). Memory slot j
+    of segment n is bank entry n + j of [the state's M slots, the memory vectors of segments 0 .. N - 2];
+    frame slot j is entry n S + j of [the state's L left-context frames, the N S segment frames]. State slots
+    are filled once the stream has seen that much (ceil(position / S) memory vectors, position frames).
     """
-    N = num_segments
-    filled_memory = jnp.minimum(M, -(-positions // S))
+    layout, L, M = config.layout, config.left_context_length, config.max_memory_size
+    S, (B, N) = layout.segment_length, valid_frames.shape
+    filled_memory = jnp.minimum(M, layout.num_segments(positions))
     filled_left = jnp.minimum(L, positions)
     memory_filled = jnp.concatenate(
-        [jnp.arange(M)[None, :] >= M - filled_memory[:, None], jnp.ones((positions.shape[0], N - 1), bool)], 1
+        [jnp.arange(M)[None, :] >= M - filled_memory[:, None], jnp.ones((B, N - 1), bool)], 1
     )
-    frames_filled = jnp.concatenate(
-        [jnp.arange(L)[None, :] >= L - filled_left[:, None], jnp.arange(N * S)[None, :] < lengths[:, None]], 1
-    )
+    segment_frames = (jnp.arange(S)[None, None, :] < valid_frames[..., None]).reshape(B, N * S)
+    frames_filled = jnp.concatenate([jnp.arange(L)[None, :] >= L - filled_left[:, None], segment_frames], 1)
     return SegmentMasks(
         memory=gather_windows(memory_filled[..., None], jnp.arange(N), M)[..., 0],
-        frames=gather_windows(frames_filled[..., None], jnp.arange(N) * S, L + S)[..., 0],
-        valid_frames=jnp.clip(lengths[:, None] - jnp.arange(N)[None, :] * S, 0, S),
+        frames=gather_windows(frames_filled[..., None], layout.segment_starts(N), L + S)[..., 0],
+        valid_frames=valid_frames,
     )
 
 
 class StreamingEncoder(nn.Module):
-    """Base of Emformer and ConvEmformer. Subclasses declare torchaudio's constructor arguments as fields,
-    ``_make_layer(index)`` and ``_init_layer_state(batch_size, dtype)``. A layer is called as
-    ``layer(utterance, right_context, memory, state, masks, deterministic)`` on N segments and returns
-    ``(utterance, right_context, memory, state)``: its memory outputs and its own state after the segments."""
+    """Base of Emformer and ConvEmformer. A subclass declares torchaudio's constructor arguments as its fields,
+    its ``layer_class`` and, where an argument's name differs from ``EncoderConfig``'s, ``config_names``.
 
-    # Fields every subclass declares (torchaudio's names): input_dim, num_heads, ffn_dim, num_layers,
-    # segment_length, dropout, left_context_length, right_context_length, max_memory_size,
-    # weight_init_scale_strategy, tanh_on_mem, negative_inf, dtype, param_dtype.
+    ``config`` gathers the fields into one ``EncoderConfig`` (validated when the module is built), and that is
+    what each layer receives: ``layer_class(config, layer_index)``, called as ``layer(utterance, right_context,
+    memory, state, masks, deterministic)`` on N segments, returning ``(utterance, right_context, memory,
+    state)``, and declaring its own fresh state with ``init_state(batch_size, dtype)``.
+    """
+
+    layer_class: ClassVar[type[nn.Module]]
+    #: torchaudio's argument name -> EncoderConfig's field name, where they differ.
+    config_names: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self):
+        self.config  # noqa: B018 -- builds (so validates) the config now, not at the first call
+        super().__post_init__()
+
+    @classmethod
+    def _config_arguments(cls) -> dict[str, str]:
+        """EncoderConfig field -> this encoder's argument, for every config field the constructor takes."""
+        config_fields = {field.name for field in dataclasses.fields(EncoderConfig)}
+        renamed = {
+            field.name: cls.config_names.get(field.name, field.name) for field in dataclasses.fields(cls)
+        }
+        return {config: argument for argument, config in renamed.items() if config in config_fields}
+
+    @property
+    def config(self) -> EncoderConfig:
+        """The encoder's hyper-parameters (its constructor arguments) as one validated ``EncoderConfig``."""
+        return EncoderConfig(
+            **{config: getattr(self, arg) for config, arg in self._config_arguments().items()}
+        )
+
+    @classmethod
+    def from_config(cls, config: EncoderConfig, **module_arguments):
+        """The encoder of ``config`` (``module_arguments``: dtype, param_dtype, name, parent)."""
+        if not isinstance(config, EncoderConfig):
+            raise TypeError(f"config: expected an EncoderConfig, got {type(config).__name__}")
+        arguments = {arg: getattr(config, name) for name, arg in cls._config_arguments().items()}
+        if config.is_conv_emformer != ("kernel_size" in arguments):
+            raise ValueError(
+                f"config: {cls.__name__} expected kernel_size "
+                f"{'an integer' if 'kernel_size' in arguments else 'None'}, got {config.kernel_size!r} "
+                "(streamformer.transducer.encoder_for(config) builds the encoder a config describes)"
+            )
+        return cls(**arguments, **module_arguments)
 
     def setup(self):
-        self.emformer_layers = [self._make_layer(i) for i in range(self.num_layers)]
-
-    # -- configuration -------------------------------------------------------------------------------------
-
-    def _validate_config(self) -> None:
-        for name in ("input_dim", "num_heads", "ffn_dim", "num_layers", "segment_length"):
-            _checks.positive_int(name, getattr(self, name))
-        for name in ("left_context_length", "right_context_length", "max_memory_size"):
-            _checks.positive_int(name, getattr(self, name), minimum=0)
-        if self.input_dim % self.num_heads:
-            raise ValueError(
-                f"input_dim: expected a multiple of num_heads ({self.num_heads}), got {self.input_dim}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
-        _checks.one_of(
-            "weight_init_scale_strategy", self.weight_init_scale_strategy, ["depthwise", "constant", None]
-        )
-        if not self.negative_inf < 0:
-            raise ValueError(f"negative_inf: expected a large negative number, got {self.negative_inf!r}")
+        config = self.config
+        self.emformer_layers = [
+            self.layer_class(config, index, dtype=self.dtype, param_dtype=self.param_dtype)
+            for index in range(config.num_layers)
+        ]
 
     @property
     def layout(self) -> SegmentLayout:
         """The segment layout (S, R) of this encoder."""
-        return SegmentLayout(self.segment_length, self.right_context_length)
-
-    def _weight_init_gain(self, layer_index: int) -> float | None:
-        if self.weight_init_scale_strategy == "depthwise":
-            return 1.0 / math.sqrt(layer_index + 1)
-        if self.weight_init_scale_strategy == "constant":
-            return 1.0 / math.sqrt(2)
-        return None
-
-    def _layer_arguments(self, layer_index: int) -> dict:
-        """The constructor arguments every layer kind takes from the encoder."""
-        return dict(
-            input_dim=self.input_dim,
-            num_heads=self.num_heads,
-            ffn_dim=self.ffn_dim,
-            dropout=self.dropout,
-            weight_init_gain=self._weight_init_gain(layer_index),
-            tanh_on_mem=self.tanh_on_mem,
-            negative_inf=self.negative_inf,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
-
-    @nn.nowrap
-    def _init_layer_state(self, batch_size: int, dtype: Dtype) -> EmformerLayerState:
-        return EmformerLayerState.zeros(
-            batch_size, self.max_memory_size, self.left_context_length, self.input_dim, dtype
-        )
+        return self.config.layout
 
     @nn.nowrap
     def example_inputs(self) -> tuple[jax.Array, jax.Array]:
         """Arguments for ``model.init(rng, *model.example_inputs())``: one segment with its right context."""
-        S, R = self.segment_length, self.right_context_length
-        return jnp.zeros((1, S + R, self.input_dim), jnp.float32), jnp.array([S], jnp.int32)
+        S, R = self.config.segment_length, self.config.right_context_length
+        return jnp.zeros((1, S + R, self.config.input_dim), jnp.float32), jnp.array([S], jnp.int32)
 
     @nn.nowrap
     def init_state(self, batch_size: int, dtype: Dtype = jnp.float32) -> EmformerState:
-        """A fresh streaming state for ``batch_size`` streams. Needs no parameters (callable on the unbound module)."""
+        """A fresh streaming state for ``batch_size`` streams: what each layer declares, and positions 0.
+        Needs no parameters (callable on the unbound module)."""
         _checks.positive_int("batch_size", batch_size)
+        config = self.config
+        layers = (self.layer_class(config, index, parent=None) for index in range(config.num_layers))
         return EmformerState(
-            layers=tuple(self._init_layer_state(batch_size, dtype) for _ in range(self.num_layers)),
+            layers=tuple(layer.init_state(batch_size, dtype) for layer in layers),
             positions=jnp.zeros((batch_size,), jnp.int32),
         )
 
-    @nn.nowrap
-    def reset_streams(self, state: EmformerState, mask: jax.Array) -> EmformerState:
-        """``state`` with the streams where ``mask`` (B,) is True set back to a fresh start."""
-        return reset_streams(state, mask)
-
     def _check_input(self, input, lengths, frames_what: str) -> None:
-        _checks.array_shape("input", input, (None, None, self.input_dim), f"(B, {frames_what}, input_dim)")
+        _checks.array_shape(
+            "input", input, (None, None, self.config.input_dim), f"(B, {frames_what}, input_dim)"
+        )
         _checks.floating_array("input", input)
         _checks.array_shape("lengths", lengths, (input.shape[0],), "(B,) matching input's batch")
         _checks.integer_array("lengths", lengths)
@@ -186,7 +182,7 @@ class StreamingEncoder(nn.Module):
     def _check_utterance(self, input, lengths) -> int:
         """Checks whole-utterance arguments; returns T."""
         self._check_input(input, lengths, "T + right_context_length")
-        R = self.right_context_length
+        R = self.config.right_context_length
         T = input.shape[1] - R
         if T < 1:
             raise ValueError(
@@ -203,26 +199,19 @@ class StreamingEncoder(nn.Module):
             state,
             self.init_state(batch_size),
             what=(
-                f"for this model (num_layers {self.num_layers}, batch {batch_size}, M, L, kernel_size - 1, "
+                f"for this model (num_layers {self.config.num_layers}, batch {batch_size}, M, L, kernel_size - 1, "
                 "input_dim): a state from another configuration or batch size"
             ),
         )
 
     # -- the layers ----------------------------------------------------------------------------------------
 
-    def _encode(self, segments, right_context, lengths, state: EmformerState, deterministic: bool):
+    def _encode(self, segments, right_context, valid_frames, state: EmformerState, deterministic: bool):
         """Runs the layers over N segments continuing ``state``: segments (B, N, S, D), right_context
-        (B, N, R, D), lengths (B,) valid frames from segment 0's start. Returns the output segments
-        (B, N, S, D) and the state after them (each stream advanced by N S frames)."""
+        (B, N, R, D), valid_frames (B, N) of each segment. Returns the output segments (B, N, S, D) and the
+        state after them (each stream advanced by N S frames)."""
         N = segments.shape[1]
-        masks = segment_masks(
-            state.positions,
-            lengths,
-            N,
-            self.segment_length,
-            self.left_context_length,
-            self.max_memory_size,
-        )
+        masks = segment_masks(state.positions, valid_frames, self.config)
         memory = masked_segment_mean(segments, masks.valid_frames)  # layer 0's memory: means of raw segments
         layer_states = []
         for layer, layer_state in zip(self.emformer_layers, state.layers):
@@ -230,7 +219,9 @@ class StreamingEncoder(nn.Module):
                 segments, right_context, memory, layer_state, masks, deterministic
             )
             layer_states.append(layer_state)
-        new = EmformerState(layers=tuple(layer_states), positions=state.positions + N * self.segment_length)
+        new = EmformerState(
+            layers=tuple(layer_states), positions=state.positions + N * self.config.segment_length
+        )
         return segments, jax.tree_util.tree_map(lambda a, b: a.astype(b.dtype), new, state)
 
     # -- forward -------------------------------------------------------------------------------------------
@@ -251,8 +242,8 @@ class StreamingEncoder(nn.Module):
         B = input.shape[0]
         dtype = self.dtype or input.dtype
         lengths = lengths.astype(jnp.int32)
-        segments, right_context, _ = self.layout.split(input.astype(dtype), lengths)
-        output, _ = self._encode(segments, right_context, lengths, self.init_state(B, dtype), deterministic)
+        segments, right_context, valid = self.layout.split(input.astype(dtype), lengths)
+        output, _ = self._encode(segments, right_context, valid, self.init_state(B, dtype), deterministic)
         return output.reshape(B, -1, output.shape[-1])[:, :T], lengths
 
     # -- streaming -----------------------------------------------------------------------------------------
@@ -270,7 +261,7 @@ class StreamingEncoder(nn.Module):
         Returns:
             output (B, S, D), output_lengths (B,) = max(lengths - R, 0), and the new state.
         """
-        S, R = self.segment_length, self.right_context_length
+        S, R = self.config.segment_length, self.config.right_context_length
         self._check_input(input, lengths, "segment_length + right_context_length")
         if input.shape[1] != S + R:
             raise ValueError(
@@ -283,7 +274,7 @@ class StreamingEncoder(nn.Module):
         x = input.astype(self.dtype or input.dtype)
         lengths = lengths.astype(jnp.int32)
         valid = self.layout.chunk_valid_frames(lengths)
-        output, stepped = self._encode(x[:, None, :S], x[:, None, S:], valid, state, True)
+        output, stepped = self._encode(x[:, None, :S], x[:, None, S:], valid[:, None], state, True)
         return output[:, 0], jnp.maximum(lengths - R, 0), select_streams(valid > 0, stepped, state)
 
     def stream(self, input: jax.Array, lengths: jax.Array, state: EmformerState | None = None):

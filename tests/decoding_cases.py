@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from streamformer.rnnt import RNNT, emformer_rnnt_model
+from streamformer.transducer import RNNT, emformer_rnnt_model
 from tests.rnnt_cases import TINY_RNNT, R, V
 
 F = TINY_RNNT["input_dim"]

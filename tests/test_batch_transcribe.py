@@ -13,13 +13,13 @@ import pytest
 import soundfile
 
 from streamformer.features import GlobalStats
-from streamformer.rnnt import emformer_rnnt_model
 from streamformer.train.commands.batch_transcribe import (
     collect_items,
     read_manifest,
     transcribe_batch,
     transcribe_features,
 )
+from streamformer.transducer import emformer_rnnt_model
 from tests.rnnt_cases import TINY_RNNT, V
 
 PIECES = ["\u2581a", "b", "\u2581c", "d", "\u2581e", "f", "g", "\u2581h", "i", "\u2581j"]

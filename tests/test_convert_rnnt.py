@@ -16,7 +16,7 @@ from flax import traverse_util
 
 from streamformer.convert import ConversionError, from_torchaudio, to_torchaudio, torchaudio_key
 from streamformer.convert.cli import load_converted, main
-from streamformer.rnnt import emformer_rnnt_base, emformer_rnnt_model
+from streamformer.transducer import emformer_rnnt_base, emformer_rnnt_model
 
 TINY = dict(
     input_dim=8,

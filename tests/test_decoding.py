@@ -24,7 +24,7 @@ from streamformer.decoding import (
     decode,
     greedy_search,
 )
-from streamformer.rnnt import emformer_rnnt_model
+from streamformer.transducer import emformer_rnnt_model
 from tests.rnnt_cases import TINY_RNNT, R, S, V
 
 # Segments of 8 + 4 input frames, stride 2: 4 encoder frames per segment. Blank is the last token (V - 1).

@@ -18,7 +18,7 @@ import pytest
 
 from streamformer.decoding import GreedySearch, ModifiedBeamSearch, StreamingDecoder
 from streamformer.decoding.export import export_transducer, load_exported
-from streamformer.rnnt import RNNT
+from streamformer.transducer import RNNT
 from tests.decoding_cases import BLANK, padded_sources, tiny_model
 from tests.rnnt_cases import R, S
 

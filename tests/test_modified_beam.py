@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamformer.decoding import ModifiedBeamSearch, StreamingDecoder, modified_beam_search
-from streamformer.rnnt import RNNT
+from streamformer.transducer import RNNT
 from tests.decoding_cases import BLANK, F, padded_sources, tiny_model
 from tests.rnnt_cases import R, S, V
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from streamformer.convert import from_torchaudio
-from streamformer.rnnt import (
+from streamformer.transducer import (
     RNNT,
     Joiner,
     Predictor,
     PredictorState,
+    TransducerConfig,
     conv_emformer_rnnt_model,
     emformer_rnnt_base,
     emformer_rnnt_model,
@@ -64,7 +65,7 @@ def fns(pair):
         "forward": jax.jit(lambda *args: model.apply(variables, *args)),
         "transcribe": method("transcribe"),
         "step": method("transcribe_streaming"),
-        "stream": method("transcribe_stream"),
+        "stream": method("transcribe_in_segments"),
         "predict": method("predict"),
         "join": method("join"),
     }
@@ -213,7 +214,16 @@ def test_predictor_and_joiner_variants_match_torchaudio(torchaudio_ref, rng, lay
     reference = rnnt._Predictor(
         V, 16, 12, 3, 12, lstm_layer_norm=layer_norm, lstm_layer_norm_epsilon=1e-5
     ).eval()
-    predictor = Predictor(V, 16, 12, 3, 12, lstm_layer_norm=layer_norm, lstm_layer_norm_epsilon=1e-5)
+    predictor = Predictor(
+        TransducerConfig(
+            num_symbols=V,
+            encoding_dim=16,
+            symbol_embedding_dim=12,
+            num_lstm_layers=3,
+            lstm_layer_norm=layer_norm,
+            lstm_layer_norm_epsilon=1e-5,
+        )
+    )
     variables = from_torchaudio(predictor, reference.state_dict())
     assert ("bias" in variables["params"]["lstm_layers_0"]["x2g"]) is not layer_norm
     assert ("g_norm" in variables["params"]["lstm_layers_0"]) is layer_norm
@@ -225,7 +235,7 @@ def test_predictor_and_joiner_variants_match_torchaudio(torchaudio_ref, rng, lay
     _close(state.cell, torch.stack([c for _, c in ref_state]))
 
     ref_joiner = rnnt._Joiner(16, V, activation=activation).eval()
-    joiner = Joiner(16, V, activation=activation)
+    joiner = Joiner(TransducerConfig(encoding_dim=16, num_symbols=V, joiner_activation=activation))
     joiner_variables = from_torchaudio(joiner, ref_joiner.state_dict())
     src, tgt = (
         rng.standard_normal((2, 3, 16)).astype(np.float32),
@@ -315,7 +325,7 @@ def test_streaming_batch_with_partial_and_finished_streams(pair, fns, rng):
 def test_stream_is_one_scan(pair):
     model, variables, _ = pair
     sources, lengths = jnp.zeros((2, 6 * S + R, 8)), jnp.array([48, 30])
-    jaxpr = jax.make_jaxpr(lambda x, n: model.apply(variables, x, n, method="transcribe_stream"))(
+    jaxpr = jax.make_jaxpr(lambda x, n: model.apply(variables, x, n, method="transcribe_in_segments"))(
         sources, lengths
     )
     scans = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "scan"]
@@ -353,8 +363,8 @@ def test_bfloat16_computation_is_close(pair, fns, rng):
 
 def test_base_configuration_and_init(torchaudio_ref):
     model = emformer_rnnt_base(4097)
-    transformer = model.transcriber._make_transformer(parent=None)
-    assert (transformer.segment_length, transformer.right_context_length, transformer.input_dim) == (
+    encoder = model.config.encoder_config  # the Emformer's, on frames reduced 4 to 1
+    assert (encoder.segment_length, encoder.right_context_length, encoder.input_dim) == (
         4,
         1,
         512,
@@ -371,7 +381,10 @@ def test_base_configuration_and_init(torchaudio_ref):
 
 def test_init_is_torch_like():
     """The predictor's and joiner's initialisation (the transcriber's is the Emformer's and _nn.dense's)."""
-    predictor, joiner = Predictor(V, 16, 64, 1, 64, lstm_layer_norm=True), Joiner(16, V)
+    config = TransducerConfig(
+        num_symbols=V, encoding_dim=16, symbol_embedding_dim=64, num_lstm_layers=1, lstm_layer_norm=True
+    )
+    predictor, joiner = Predictor(config), Joiner(config)
     params = jax.jit(predictor.init)(jax.random.key(0), *predictor.example_inputs())["params"]
     assert 0.9 < np.asarray(params["embedding"]["embedding"]).std() < 1.1  # N(0, 1) as torch.nn.Embedding
     x2g = np.asarray(params["lstm_layers_0"]["x2g"]["kernel"])  # U(-1/sqrt(64), 1/sqrt(64)), no bias
@@ -399,7 +412,7 @@ def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="lstm_dropout"):
         emformer_rnnt_model(**{**CONFIG, "lstm_dropout": 1.5})
     with pytest.raises(ValueError, match="activation: expected one of"):
-        Joiner(16, V, activation="gelu")
+        Joiner(TransducerConfig(encoding_dim=16, num_symbols=V, joiner_activation="gelu"))
     with pytest.raises(TypeError):
         emformer_rnnt_model(**{k: v for k, v in CONFIG.items() if k != "lstm_dropout"})
 

@@ -28,7 +28,7 @@ from streamformer import (
     with_simple_loss_projections,
 )
 from streamformer.convert import from_torchaudio, to_torchaudio
-from streamformer.rnnt import RNNT, emformer_rnnt_model, joiner_fn
+from streamformer.transducer import RNNT, emformer_rnnt_model, joiner_fn
 from tests.rnnt_cases import TINY_RNNT
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from streamformer.decoding import (
     greedy_search,
     word_times,
 )
-from streamformer.rnnt import RNNT
+from streamformer.transducer import RNNT
 from tests.decoding_cases import BLANK, F, padded_sources, tiny_model
 from tests.rnnt_cases import STRIDE, R, S
 

@@ -212,8 +212,8 @@ def test_conv_emformer_bfloat16_step_runs(step_setup):
         "model.kind=conv_emformer",
         "model.transformer_kernel_size=3",
     )
-    from streamformer.rnnt import ConvEmformerTranscriber
     from streamformer.train.loop.step import build_model
+    from streamformer.transducer import ConvEmformerTranscriber
 
     _, _, _, batch = step_setup
     model = build_model(config.model, 25)

@@ -13,8 +13,8 @@ import jax
 
 from streamformer import decoding
 from streamformer.decoding import BeamSearch, GreedySearch, StreamingDecoder
-from streamformer.rnnt import RNNT
 from streamformer.text import Tokenizer
+from streamformer.transducer import RNNT
 
 from .corpora.prepare import Example
 from .loop import multihost
@@ -66,11 +66,11 @@ def decode(
     bucket_frames: Sequence[int] | None = None,
 ) -> list[str]:
     """Transcripts of ``examples`` (in order), greedy (beam_width 0) or beam search, offline or streaming."""
-    S, R = model.segment_length, model.right_context_length
+    R = model.right_context_length
     longest = max(e.features.shape[0] for e in examples)
     buckets = list(bucket_frames or [])
     if not buckets or buckets[-1] < longest:
-        buckets.append(-(-longest // S) * S)
+        buckets.append(model.layout.padded_frames(longest))
     blank = tokenizer.blank_id
     search = GreedySearch() if beam_width == 0 else BeamSearch(beam_width)
     decoder = StreamingDecoder(model, variables, search=search, blank=blank) if streaming else None

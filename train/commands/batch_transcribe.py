@@ -146,7 +146,7 @@ def transcribe_features(
     _check_search(search, beam)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    S, R = model.segment_length, model.right_context_length
+    R = model.right_context_length
     period = frame_period(model.config, hop_seconds)
     chosen = _search_object(search, beam)
     decoder = None  # one streaming decoder (one compiled step) for every batch
@@ -157,7 +157,7 @@ def transcribe_features(
     for begin in range(0, len(order), batch_size):
         rows = order[begin : begin + batch_size]
         longest = max(1, max(features[i].shape[0] for i in rows))
-        width = -(-longest // S) * S
+        width = model.layout.padded_frames(longest)
         batch = np.zeros((batch_size, width + R, features[rows[0]].shape[1]), np.float32)
         lengths = np.zeros(batch_size, np.int32)  # the unused rows of a last batch decode nothing
         for r, i in enumerate(rows):

@@ -121,34 +121,26 @@ def stream_features(audio: np.ndarray, block_frames: int = 256) -> Iterator[np.n
 def stream_chunks(
     frames: Iterator[np.ndarray], segment_length: int, right_context_length: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Segment chunks (1, S + R, F), lengths (1,) and the segment's end frame, each as soon as it can go.
+    """Segment chunks (1, S + R, F), lengths (1,) and the segment's end frame, each as soon as it can go:
+    blocks of frames (n, F) as they come through ``SegmentLayout.feeder``, so the chunks are those of
+    ``SegmentLayout.iter_chunks`` on the whole file (look-ahead past the end of the audio is zeros)."""
+    from streamformer import SegmentLayout
 
-    The layout of ``SegmentLayout.iter_chunks``: S frames of the segment, then the R frames after its valid
-    frames (zeros past the end of the audio); the length counts valid frames + R.
-    """
-    S, R = segment_length, right_context_length
-    buffer: np.ndarray | None = None
-    start = 0  # absolute frame index of buffer[0]
-    finished = False
-    while True:
-        if not finished:
-            try:
-                block = next(frames)
-                buffer = block if buffer is None else np.concatenate([buffer, block])
-            except StopIteration:
-                finished = True
-        if buffer is None:
-            return
-        while buffer.shape[0] >= S + R or (finished and buffer.shape[0] > 0):
-            valid = min(S, buffer.shape[0])
-            chunk = np.zeros((1, S + R, buffer.shape[1]), np.float32)
-            chunk[0, :valid] = buffer[:valid]
-            look_ahead = buffer[valid : valid + R]
-            chunk[0, S : S + look_ahead.shape[0]] = look_ahead
-            yield chunk, np.array([valid + R], np.int32), start + valid
-            buffer, start = buffer[valid:], start + valid
-        if finished:
-            return
+    layout, feeder = SegmentLayout(segment_length, right_context_length), None
+
+    def chunks():
+        nonlocal feeder
+        for block in frames:
+            if feeder is None:
+                feeder = layout.feeder(1, block.shape[1])
+            yield from feeder.feed(block[None])
+        if feeder is not None:
+            yield from feeder.finish()
+
+    end = 0
+    for chunk, lengths in chunks():
+        end += int(lengths[0]) - right_context_length  # the chunk's valid frames
+        yield chunk, lengths, end
 
 
 def transcribe_file(run, model, variables, path: str, beam: int = 0, out: TextIO | None = None) -> str:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from streamformer.losses import pruned_rnnt_loss, rnnt_loss_from_encodings
-from streamformer.rnnt import RNNT, joiner_fn, pruned_joiner_fn, with_simple_loss_projections
+from streamformer.transducer import RNNT, joiner_fn, pruned_joiner_fn, with_simple_loss_projections
 
 from ..config import Config, ModelConfig, OptimConfig
 from .batches import spec_augment

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from streamformer.rnnt import RNNT
+from streamformer.transducer import RNNT
 
 from ..config import Config, LoopConfig, to_dict
 from .batches import batch_stream, device_batch
