@@ -1,14 +1,6 @@
-"""Command line: ``python -m train {fit,eval,transcribe,export,stats,main} ...`` (``python -m train CMD -h``).
-
-python -m train fit --workdir runs/tiny --preset tiny --set loop.steps=2000
-python -m train eval --workdir runs/tiny --split test --beam 4 --streaming
-python -m train transcribe --workdir runs/tiny some.flac
-python -m train export --workdir runs/tiny --out runs/tiny/exported
-python -m train stats --data /data/LibriSpeech/train-clean-100 --out global_stats.json
-python -m train main          # the README's main job: data, training, test WER, streaming transcription
-
-Only the argument parser and the dispatch live here: each command is a function of train/commands/ with typed
-arguments. (Installed, the same runs as ``python -m streamformer.train``.)
+"""Command line: ``python -m train {fit,eval,transcribe,export,stats,main} ...`` (``python -m train CMD -h``;
+installed, ``python -m streamformer.train``). Only the argument parser and the dispatch live here: each command
+is a function with typed arguments in train/commands/ (the README's Training section shows them in use).
 """
 
 from __future__ import annotations
