@@ -290,6 +290,16 @@ def test_eval_and_transcribe_cli(trained, capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.strip().splitlines()[-1].startswith("final:")
 
+    # Batch mode, and the same through an exported artifact run without the model code: every command the
+    # README shows goes through the command line's dispatch.
+    live, exported, artifact = tmp_path / "live.jsonl", tmp_path / "exported.jsonl", tmp_path / "artifact"
+    assert cli(["transcribe", "--workdir", str(workdir), "--out", str(live), "--quiet", str(audio)]) == 0
+    assert cli(["export", "--workdir", str(workdir), "--out", str(artifact), "--max-frames", "400"]) == 0
+    assert (
+        cli(["transcribe", "--exported", str(artifact), "--out", str(exported), "--quiet", str(audio)]) == 0
+    )
+    assert json.loads(exported.read_text())["text"] == json.loads(live.read_text())["text"]
+
 
 def test_resume_with_other_model_is_refused(trained):
     workdir, config = trained

@@ -105,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Runs the parsed command: the one place where arguments become typed calls."""
-    from .commands import evaluate, export, fit, main_job, speech_job, stats, transcribe
+    from .commands import batch_transcribe, evaluate, export, fit, main_job, speech_job, stats, transcribe
     from .loop.multihost import initialize
     from .workdir import config_for, enable_compilation_cache
 
@@ -130,8 +130,10 @@ def run(args: argparse.Namespace) -> dict:
         )
     if args.command == "transcribe" and args.exported:  # an artifact: no workdir, no checkpoint
         enable_compilation_cache(args.compilation_cache)
-        items = transcribe.collect_items(args.files, args.manifest)
-        return transcribe.transcribe_exported(args.exported, items, out=args.out, progress=not args.quiet)
+        items = batch_transcribe.collect_items(args.files, args.manifest)
+        return batch_transcribe.transcribe_exported(
+            args.exported, items, out=args.out, progress=not args.quiet
+        )
     workdir = Path(args.workdir)
     config = config_for(workdir, args.preset, args.set)
     if args.command == "fit":
