@@ -40,6 +40,25 @@ def cache() -> Path:
 
 
 @pytest.fixture(scope="session")
+def micro_shards(tmp_path_factory, cache) -> Path:
+    """The micro corpus of tests/test_train.py (48 / 8 / 8 synthesized utterances) as a shard folder
+    (``python -m train prepare``) of 12 utterances a shard: 4 training shards. Prepared once per test worker."""
+    from streamformer.train.corpora.prepare_shards import prepare_shards
+    from tests.test_train import micro_config
+
+    out = tmp_path_factory.mktemp("micro_shards") / "shards"
+    prepare_shards(
+        micro_config(), out, shard_size=12, workers=2, compilation_cache=str(cache), say=lambda _: None
+    )
+    return out
+
+
+def shard_args(folder: Path) -> list[str]:
+    """The command-line overrides that train (and evaluate) from a shard folder."""
+    return [a for split in ("train", "dev", "test") for a in ("--set", f"data.{split}={folder}")]
+
+
+@pytest.fixture(scope="session")
 def torchaudio_ref():
     """The stub ``torchaudio`` package around torchaudio 2.8's pure-PyTorch model and feature code."""
     return reference.load()

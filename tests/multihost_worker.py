@@ -5,8 +5,8 @@ python tests/multihost_worker.py WORKDIR PROCESS_ID NUM_PROCESSES PORT OVERRIDES
 With NUM_PROCESSES 2 it joins a jax.distributed run (coordinator 127.0.0.1:PORT) and trains through the fit
 command (streamformer.train.commands.fit) twice: 3 steps, then (resuming from that checkpoint) to 6, followed
 by the dev evaluation. With 1 it is the single-process reference: 6 steps straight. It records which
-utterances it put on its devices at every step, which it decoded, the step it restored, and the dev results,
-in WORKDIR/process_<id>.json.
+utterances it put on its devices at every step, the shards it read, which it decoded, the step it restored,
+and the dev results, in WORKDIR/process_<id>.json.
 """
 
 from __future__ import annotations
@@ -23,21 +23,31 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process
 from streamformer.train import evaluation as evaluate  # noqa: E402
 from streamformer.train.commands.fit import fit  # noqa: E402
 from streamformer.train.config import apply_overrides, preset  # noqa: E402
-from streamformer.train.loop import checkpoint, multihost, trainer  # noqa: E402
+from streamformer.train.corpora import shards  # noqa: E402
+from streamformer.train.loop import checkpoint, loader, multihost  # noqa: E402
 from streamformer.train.loop.multihost import initialize  # noqa: E402
 from streamformer.train.workdir import enable_compilation_cache  # noqa: E402
 
 workdir, process_id, num_processes, port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 overrides = json.loads(sys.argv[5])
-record: dict = {"loaded": {}, "decoded": [], "restored": []}
+record: dict = {"loaded": {}, "decoded": [], "restored": [], "shards_read": []}
 
-batch_stream = trainer.batch_stream
+batch_of = loader.TrainBatches.batch
 
 
-def recording_batch_stream(*args, **kwargs):
-    for step, batch in batch_stream(*args, **kwargs):
-        record["loaded"][step] = [i for i, v in zip(batch.ids, batch.valid) if v]
-        yield step, batch
+def recording_batch(self, step):
+    batch = batch_of(self, step)
+    record["loaded"][int(step)] = [i for i, v in zip(batch.ids, batch.valid) if v]
+    return batch
+
+
+reader_of = shards.ShardSource._reader
+
+
+def recording_reader(self, shard):
+    if shard not in record["shards_read"]:
+        record["shards_read"].append(shard)
+    return reader_of(self, shard)
 
 
 decode = evaluate.decode
@@ -57,7 +67,8 @@ def recording_restore(self, *args, **kwargs):
     return state
 
 
-trainer.batch_stream = recording_batch_stream
+loader.TrainBatches.batch = recording_batch
+shards.ShardSource._reader = recording_reader
 evaluate.decode = recording_decode
 checkpoint.Checkpoints.restore = recording_restore
 
@@ -79,6 +90,7 @@ record.update(
     hypotheses=[e["hypothesis"] for e in summary["dev"]["examples"]],
     # the transcripts' gathering, on strings that differ between processes (a micro model after 6 steps
     # transcribes everything as "")
+    shards_read=sorted(record["shards_read"]),
     gathered=multihost.gather_strings(record["decoded"]) if num_processes > 1 else None,
 )
 (workdir / f"process_{process_id}.json").write_text(json.dumps(record))

@@ -19,6 +19,7 @@ import pytest
 
 from streamformer.train.__main__ import main as cli
 from streamformer.train.loop import integrity
+from tests.conftest import shard_args
 from tests.test_train import FIT, final_params, micro_config, run_cli, step_losses
 
 STEPS = 20
@@ -37,10 +38,16 @@ def checkpoint_steps(workdir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, cache) -> Path:
+def fit_args(micro_shards) -> list[str]:
+    """The runs' arguments: the micro run, read from the micro corpus's shards."""
+    return FIT_ARGS + shard_args(micro_shards)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, cache, fit_args) -> Path:
     """The uninterrupted reference run: 20 steps, checkpoints every 5 (the last 3 kept)."""
     workdir = tmp_path_factory.mktemp("straight")
-    process = run_cli("fit", "--workdir", str(workdir), *FIT_ARGS, cache=cache)
+    process = run_cli("fit", "--workdir", str(workdir), *fit_args, cache=cache)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-3000:]
     assert checkpoint_steps(workdir) == [10, 15, 20]
@@ -75,9 +82,11 @@ def tensorboard_scalars(logdir: Path, tag: str) -> dict[int, float]:
     return {event.step: event.value for event in accumulator.Scalars(tag)}
 
 
-def test_sigterm_checkpoints_exits_0_and_resume_matches_uninterrupted_run(tmp_path, cache, straight):
+def test_sigterm_checkpoints_exits_0_and_resume_matches_uninterrupted_run(
+    tmp_path, cache, straight, fit_args
+):
     preempted = tmp_path / "preempted"
-    process = run_cli("fit", "--workdir", str(preempted), *FIT_ARGS, cache=cache)
+    process = run_cli("fit", "--workdir", str(preempted), *fit_args, cache=cache)
     wait_for_step(preempted, process, 7)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
@@ -88,7 +97,7 @@ def test_sigterm_checkpoints_exits_0_and_resume_matches_uninterrupted_run(tmp_pa
     assert checkpoint_steps(preempted)[-1] == stopped  # saved at the step boundary, off the 5-step grid or on
     assert "resume" in line
 
-    process = run_cli("fit", "--workdir", str(preempted), *FIT_ARGS, cache=cache)
+    process = run_cli("fit", "--workdir", str(preempted), *fit_args, cache=cache)
     output = process.communicate(timeout=240)[0]
     assert process.returncode == 0, output[-3000:]
     assert step_losses(preempted) == step_losses(straight)
@@ -175,7 +184,7 @@ def test_eval_and_transcribe_of_a_damaged_step_say_which_step_and_file(damaged_c
     capsys.readouterr()
 
 
-def test_fit_resumes_from_the_newest_intact_checkpoint(damaged_copy, cache, straight):
+def test_fit_resumes_from_the_newest_intact_checkpoint(damaged_copy, cache, straight, fit_args):
     workdir, victim = damaged_copy("flipped")
     # As a user sees it in a fresh process: one line, and nothing at exit (orbax never opened the files).
     process = run_cli("eval", "--workdir", str(workdir), "--split", "dev", cache=cache)
@@ -183,7 +192,7 @@ def test_fit_resumes_from_the_newest_intact_checkpoint(damaged_copy, cache, stra
     assert process.returncode == 2 and len(output.strip().splitlines()) == 1, output[-3000:]
     assert output.startswith("error: checkpoint step 20 is damaged: ") and victim in output, output
 
-    process = run_cli("fit", "--workdir", str(workdir), *FIT_ARGS, cache=cache)
+    process = run_cli("fit", "--workdir", str(workdir), *fit_args, cache=cache)
     output = process.communicate(timeout=240)[0]
     assert process.returncode == 0, output[-3000:]
     warnings = [line for line in output.splitlines() if line.startswith("warning: checkpoint step")]

@@ -24,7 +24,9 @@ WORKER = ROOT / "tests" / "multihost_worker.py"
 # loop.steps), which must not change the schedule. Adam's eps 1e-3 (not 1e-8): with a tiny eps, an entry whose
 # gradient is ~0 moves by +-lr on the sign of rounding noise, and the two layouts sum gradients in another
 # order; this test is about the layouts computing the same steps, not about that amplifier.
-OVERRIDES = MICRO + ["optim.decay=constant", "loop.checkpoint_every=0", "optim.eps=1e-3"]
+# Training reads the micro corpus's shards in 2 groups (shards 0 and 2, shards 1 and 3): each of the two
+# processes reads only its group's shards, and the single process both, into the same batches.
+OVERRIDES = MICRO + ["optim.decay=constant", "loop.checkpoint_every=0", "optim.eps=1e-3", "data.groups=2"]
 
 
 def free_port() -> int:
@@ -33,7 +35,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(workdir: Path, process_id: int, num_processes: int, port: int, devices: int, cache: Path):
+def start(
+    workdir: Path, process_id: int, num_processes: int, port: int, devices: int, cache: Path, shards: Path
+):
     env = dict(
         os.environ,
         PYTHONPATH=str(ROOT),
@@ -41,17 +45,18 @@ def start(workdir: Path, process_id: int, num_processes: int, port: int, devices
         STREAMFORMER_COMPILATION_CACHE=str(cache),
     )
     command = [sys.executable, str(WORKER), str(workdir), str(process_id), str(num_processes), str(port),
-               json.dumps(OVERRIDES)]  # fmt: skip
+               json.dumps(OVERRIDES + [f"data.{split}={shards}" for split in ("train", "dev", "test")])]  # fmt: skip
     log = open(workdir / f"log_{process_id}.txt", "w")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cache) -> tuple[Path, Path, list[dict], dict]:
+def runs(tmp_path_factory, cache, micro_shards) -> tuple[Path, Path, list[dict], dict]:
     """The 2-process run and the 1-process, 4-device reference, started together."""
     multi, single = tmp_path_factory.mktemp("two_processes"), tmp_path_factory.mktemp("one_process")
     port = free_port()
-    started = [start(multi, i, 2, port, 2, cache) for i in range(2)] + [start(single, 0, 1, 0, 4, cache)]
+    started = [start(multi, i, 2, port, 2, cache, micro_shards) for i in range(2)]
+    started.append(start(single, 0, 1, 0, 4, cache, micro_shards))
     for (process, log), workdir, i in zip(started, [multi, multi, single], [0, 1, 0]):
         try:
             code = process.wait(timeout=420)
@@ -86,13 +91,16 @@ def test_two_processes_of_two_devices_train_as_one_of_four(runs):
     )
 
 
-def test_each_process_reads_only_its_share_of_every_batch(runs):
+def test_each_process_reads_only_its_shards_and_its_share_of_every_batch(runs):
     _, _, records, reference = runs
     assert sorted(reference["loaded"]) == [str(s) for s in range(6)]
     for step, batch in reference["loaded"].items():
         first, second = records[0]["loaded"][step], records[1]["loaded"][step]
         assert len(first) == len(second) == 4  # batch 8 over 4 devices: 4 rows per process
         assert first + second == batch  # process 0 the first half of the global batch, process 1 the rest
+    # and each read only the shards of its group: disjoint, covering the corpus (4 training shards)
+    assert [r["shards_read"] for r in records] == [[0, 2], [1, 3]]
+    assert reference["shards_read"] == [0, 1, 2, 3]
 
 
 def test_checkpoints_are_written_once_and_restored_by_both(runs):

@@ -26,6 +26,7 @@ from streamformer.train.__main__ import main as cli
 from streamformer.train.evaluation import edit_distance, error_rates
 from streamformer.train.loop.checkpoint import CheckpointMismatchError, Checkpoints
 from streamformer.train.loop.step import init_state, make_optimizer, make_train_step
+from tests.conftest import shard_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,11 +88,19 @@ FIT = ["--preset", "tiny", "--quiet", "--no-eval"] + [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, cache) -> tuple[Path, config_lib.Config]:
-    """A micro model trained for 40 steps by the CLI (in a subprocess, to fill the compilation cache)."""
+def trained(tmp_path_factory, cache, micro_shards) -> tuple[Path, config_lib.Config]:
+    """A micro model trained for 40 steps by the CLI (in a subprocess, to fill the compilation cache), from
+    the micro corpus's shard folder (as a large corpus is trained: read from disk as it goes)."""
     workdir = tmp_path_factory.mktemp("fit")
     process = run_cli(
-        "fit", "--workdir", str(workdir), *FIT, "--set", "loop.checkpoint_every=20", cache=cache
+        "fit",
+        "--workdir",
+        str(workdir),
+        *FIT,
+        *shard_args(micro_shards),
+        "--set",
+        "loop.checkpoint_every=20",
+        cache=cache,
     )
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-3000:]
@@ -337,12 +346,22 @@ def test_config_that_does_not_fit_the_data(trained):
 # Subprocesses: kill and resume, four devices
 
 
-def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path, cache, trained):
-    """Killed mid-run and resumed, training ends with the parameters and losses of an uninterrupted run (the
-    uninterrupted run is the ``trained`` fixture: same config, checkpoints every 20 steps instead of 5)."""
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path, cache, trained, micro_shards):
+    """Killed mid-epoch and resumed (the train state and the data iterator's position from the checkpoint),
+    training from shards ends with the parameters and losses of an uninterrupted run (the uninterrupted run is
+    the ``trained`` fixture: same config, checkpoints every 20 steps instead of 5). An epoch is 6 batches, so
+    the checkpoints at 10, 15... fall mid-epoch."""
     straight, _ = trained
     broken = tmp_path / "broken"
-    args = ["fit", "--workdir", str(broken), *FIT, "--set", "loop.checkpoint_every=5"]
+    args = [
+        "fit",
+        "--workdir",
+        str(broken),
+        *FIT,
+        *shard_args(micro_shards),
+        "--set",
+        "loop.checkpoint_every=5",
+    ]
     process = run_cli(*args, cache=cache)
     checkpoints = broken / "checkpoints"
     deadline = time.monotonic() + 240
@@ -370,7 +389,6 @@ FOUR_DEVICES = textwrap.dedent("""
     import jax, numpy as np
     from streamformer.train import config as config_lib
     from streamformer.train.corpora import prepare
-    from streamformer.train.loop.batches import bucket_frames_for
     from streamformer.train.loop.step import build_model
     from streamformer.train.loop.trainer import fit
     from pathlib import Path
@@ -382,8 +400,8 @@ FOUR_DEVICES = textwrap.dedent("""
         (workdir / name).mkdir()
         examples, tokenizer, stats = prepare.prepare_split(config, workdir / name, "train")
         model = build_model(config.model, prepare.check_fits(config, tokenizer, stats))
-        result = fit(config, workdir / name, model, examples, bucket_frames_for(config, examples),
-                     blank=tokenizer.blank_id, must_match={}, progress=False, devices=devices)
+        result = fit(config, workdir / name, model, examples, blank=tokenizer.blank_id, must_match={},
+                     progress=False, devices=devices)
         losses[name] = [result.losses[s] for s in sorted(result.losses)]
     print(json.dumps(losses))
 """)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m train {fit,eval,transcribe,export,stats,main} ...`` (``python -m train CMD -h``;
+"""Command line: ``python -m train {fit,eval,transcribe,export,prepare,stats,main} ...`` (``python -m train CMD -h``;
 installed, ``python -m streamformer.train``). Only the argument parser and the dispatch live here: each command
 is a function with typed arguments in train/commands/ (the README's Training section shows them in use).
 """
@@ -82,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--batch-size", type=int, default=1, help="streams / utterances per call")
     export.add_argument("--max-frames", type=int, default=1600, help="offline input frames (10 ms each)")
 
+    prepare = command("prepare", "a corpus (data.train/dev/test) into a shard folder that fit reads from disk",
+                      workdir=None)
+    prepare.add_argument("--out", required=True, help="the shard folder to write (resumes an interrupted one)")
+    prepare.add_argument("--shard-size", type=int, default=1000, help="utterances per shard")
+    prepare.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+
     stats = commands.add_parser("stats", help="global feature statistics of a dataset")
     stats.add_argument("--data", default="synth", help="'synth', a LibriSpeech folder or a JSON-lines manifest")
     stats.add_argument("--synth-size", type=int, default=1000, help="utterances when --data synth")
@@ -134,6 +140,14 @@ def run(args: argparse.Namespace) -> dict:
         return batch_transcribe.transcribe_exported(
             args.exported, items, out=args.out, progress=not args.quiet
         )
+    if args.command == "prepare":
+        from .config import apply_overrides, preset
+        from .corpora.prepare_shards import prepare_shards
+        from .workdir import say
+
+        config = apply_overrides(preset(args.preset or "tiny"), args.set)
+        return prepare_shards(config, args.out, shard_size=args.shard_size, workers=args.workers,
+                              compilation_cache=args.compilation_cache, say=say)  # fmt: skip
     workdir = Path(args.workdir)
     config = config_for(workdir, args.preset, args.set)
     if args.command == "fit":

@@ -114,8 +114,9 @@ class OptimConfig:
 class DataConfig:
     """Where utterances come from and how they become batches.
 
-    train, dev, test: "synth" (the embedded synthesized dataset) or a path: a LibriSpeech-layout folder or a
-        JSON-lines manifest ({"audio": path, "text": ...} per line).
+    train, dev, test: "synth" (the embedded synthesized dataset) or a path: a LibriSpeech-layout folder, a
+        JSON-lines manifest ({"audio": path, "text": ...} per line) or a shard folder (``python -m train
+        prepare``; training then reads it from disk as it goes, and the run takes its tokenizer and stats).
     synth_sizes: utterances in the synthesized train, dev and test splits; synth_seed: its seed.
     vocab_size: sentencepiece BPE pieces (the tokenizer is trained on the train transcripts unless
         tokenizer is a path to a .model file).
@@ -124,7 +125,14 @@ class DataConfig:
     spec_augment: apply torchaudio's recipe masks (frequency masks, time masks) to training batches; the
         next five fields are ``loop.batches.spec_augment``'s arguments of the same names.
     strict: an unusable utterance (undecodable, empty or silent audio, a transcript the tokenizer cannot
-        encode) is an error; by default it is skipped, named in the log and counted in the metrics.
+        encode) or a bad shard is an error; by default it is skipped, named in the log and counted in the
+        metrics.
+    groups: with a shard folder (train = a folder ``python -m train prepare`` made), shard i belongs to group
+        i % groups and rows [k B / groups, (k + 1) B / groups) of every batch come from group k, so each
+        process reads only the shards of its rows: a multiple of the number of processes, and a divisor of
+        batch_size. It shapes the batch plan: keep it when resuming, and across layouts that must agree.
+    loader_threads / loader_workers / prefetch: grain's reader threads, worker processes (0: none) and the
+        batches built ahead of the step (``loop.loader.batch_iterator``).
     """
 
     train: str = "synth"
@@ -144,6 +152,10 @@ class DataConfig:
     time_mask_width: int = 100
     max_time_mask_fraction: float = 0.2
     strict: bool = False
+    groups: int = 1
+    loader_threads: int = 2
+    loader_workers: int = 0
+    prefetch: int = 4
 
     def spec_augment_arguments(self) -> dict:
         """The keyword arguments of ``loop.batches.spec_augment`` this config sets."""

@@ -84,6 +84,22 @@ class Run:
             )
         return self.examples[split]
 
+    def train_source(self):
+        """The training data as the trainer's batch source: a ``ShardSource`` reading the shard folder that
+        data.train names (nothing loaded now), else the prepared examples in memory (``prepare("train")``)."""
+        from .corpora import prepare, shards
+        from .loop.loader import MemorySource
+
+        folder = prepare.shard_folder(self.config.data, "train")
+        if folder is None:
+            examples = self.prepare("train")
+            prepare.check_finite(examples, "train")
+            return MemorySource(examples, self.config.data.groups)
+        self.load_frontend()
+        source = shards.ShardSource(folder, "train", self.config.data, self.stats)
+        say(f"train: {len(source.lengths)} utterances in {len(source.split.shards)} shards ({folder})")
+        return source
+
     def load_frontend(self) -> None:
         from .corpora import prepare
 

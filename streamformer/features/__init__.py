@@ -28,7 +28,7 @@ from .mel import (
     piecewise_linear_log,
 )
 from .pipeline import FeatureExtractor, StreamingFeatureExtractor, chunk_waveform, global_stats_of_files
-from .stats import GlobalStats, compute_global_stats
+from .stats import GlobalStats, compute_global_stats, global_stats_from_sums
 
 __all__ = [
     "GAIN",
@@ -45,6 +45,7 @@ __all__ = [
     "StreamingFeatureExtractor",
     "chunk_waveform",
     "compute_global_stats",
+    "global_stats_from_sums",
     "extract_features",
     "frame_lengths",
     "global_stats_of_files",

@@ -112,8 +112,15 @@ def compute_global_stats(features: Iterable[Array | tuple[Array, Array]]) -> Glo
         total += frames.sum(0)
         total_sq += np.square(frames).sum(0)
         count += frames.shape[0]
+    return global_stats_from_sums(total, total_sq, count)
+
+
+def global_stats_from_sums(total: Array, total_sq: Array, count: int) -> GlobalStats:
+    """GlobalStats from per-feature sums of the frames, of their squares, and the frame count (what
+    :func:`compute_global_stats` accumulates; sums of parts, e.g. of shards prepared apart, add up)."""
     if count == 0:
         raise ValueError("features: expected at least one frame, got none")
+    total, total_sq = np.asarray(total, np.float64), np.asarray(total_sq, np.float64)
     mean = total / count
     variance = np.maximum(total_sq / count - np.square(mean), 0.0)
     stddev = np.sqrt(variance)

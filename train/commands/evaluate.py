@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..evaluation import evaluate as evaluate_examples
-from ..loop.batches import bucket_frames_for
+from ..loop.loader import bucket_frames_for
 from ..loop.metrics import save_json
 from ..workdir import Run, say
 
@@ -37,7 +37,7 @@ def evaluate_split(
         run.tokenizer,
         beam_width=beam,
         streaming=streaming,
-        bucket_frames=bucket_frames_for(run.config, examples),
+        bucket_frames=bucket_frames_for(run.config, [e.features.shape[0] for e in examples]),
     )
     rates.update(split=split, seconds=round(time.perf_counter() - started, 2))
     pairs = list(zip(examples, hypotheses, strict=True))[:5]

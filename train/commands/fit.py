@@ -11,8 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
-from ..corpora.prepare import check_finite
-from ..loop.batches import bucket_frames_for
 from ..loop.trainer import FitResult
 from ..loop.trainer import fit as fit_loop
 from ..workdir import Run, must_match, say
@@ -32,15 +30,13 @@ def train_run(
     called every ``loop.eval_every`` steps and its dict logged (see ``loop.trainer.fit``)."""
     config = run.config
     run.workdir.mkdir(parents=True, exist_ok=True)
-    train_examples = run.prepare("train")
-    check_finite(train_examples, "train")
+    source = run.train_source()
     model = run.model()
     result = fit_loop(
         config,
         run.workdir,
         model,
-        train_examples,
-        bucket_frames_for(config, train_examples),
+        source,
         blank=run.tokenizer.blank_id,
         must_match=must_match(config, run.num_symbols),
         on_eval=functools.partial(on_eval, model) if on_eval and config.loop.eval_every else None,

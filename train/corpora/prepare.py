@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +26,7 @@ from . import audio, screen, synth
 
 __all__ = [
     "Example",
+    "shard_folder",
     "prepare_examples",
     "check_finite",
     "load_corpus",
@@ -161,12 +163,47 @@ def _usable_features(items: list, report: screen.DataReport) -> tuple[list, list
     return kept, features
 
 
+def shard_folder(data: DataConfig, split: str) -> Path | None:
+    """The shard folder ``data.<split>`` names (``python -m train prepare``'s output), or None."""
+    from . import shards
+
+    spec = getattr(data, split)
+    return Path(spec) if spec != "synth" and shards.is_shard_folder(spec) else None
+
+
+def _from_shards(config: Config, workdir: Path, name: str) -> bool:
+    """Copies the training shard folder's ``name`` (tokenizer.model, global_stats.json) into the workdir when
+    the run trains from one; True if it did. A shard folder's targets were encoded with its tokenizer, so
+    data.tokenizer and data.vocab_size must not say otherwise."""
+    from . import shards
+
+    folder = shard_folder(config.data, "train")
+    if folder is None:
+        return False
+    index = shards.load_index(folder)
+    if config.data.tokenizer or config.data.global_stats:
+        raise ValueError(
+            f"data.tokenizer / data.global_stats: a shard folder carries its own ({folder}); leave them empty, "
+            f"got {config.data.tokenizer!r} / {config.data.global_stats!r}"
+        )
+    if index["vocab_size"] != config.data.vocab_size:
+        raise ValueError(
+            f"data.vocab_size: the shards in {folder} were prepared with {index['vocab_size']} pieces, got "
+            f"{config.data.vocab_size}"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / index[name], workdir / f".tmp-{index[name]}")
+    os.replace(workdir / f".tmp-{index[name]}", workdir / index[name])
+    return True
+
+
 def tokenizer_for(config: Config, workdir: Path, train_texts: list[str] | None) -> Tokenizer:
-    """data.tokenizer if set, else <workdir>/tokenizer.model, trained on ``train_texts`` when absent."""
+    """data.tokenizer if set, else <workdir>/tokenizer.model: trained on ``train_texts`` when absent (the
+    training shard folder's, when the run trains from one)."""
     if config.data.tokenizer:
         return Tokenizer(config.data.tokenizer)
     path = workdir / "tokenizer.model"
-    if not path.exists():
+    if not path.exists() and not _from_shards(config, workdir, "tokenizer"):
         if train_texts is None:
             raise FileNotFoundError(f"tokenizer: {path} does not exist (train first, or set data.tokenizer)")
         train_bpe(train_texts, path, config.data.vocab_size)
@@ -178,7 +215,7 @@ def global_stats_for(config: Config, workdir: Path, train_features: list | None)
     if config.data.global_stats:
         return GlobalStats.load(config.data.global_stats)
     path = workdir / "global_stats.json"
-    if not path.exists():
+    if not path.exists() and not _from_shards(config, workdir, "global_stats"):
         if train_features is None:
             raise FileNotFoundError(
                 f"global stats: {path} does not exist (train first, or set data.global_stats)"
@@ -222,6 +259,13 @@ def prepare_split(
     skipped and logged, or raise screen.BadDataError with data.strict; ``reports[split]`` receives the
     screen.DataReport when ``reports`` is given.
     """
+    folder = shard_folder(config.data, split)
+    if folder is not None:  # featurised already: read it whole (dev and test; training streams its shards)
+        from . import shards
+
+        tokenizer = tokenizer or tokenizer_for(config, workdir, None)
+        stats = stats or global_stats_for(config, workdir, None)
+        return shards.read_split(folder, split, stats), tokenizer, stats
     items = load_corpus(config.data, split)
     if not items:
         raise ValueError(f"data.{split}: no utterances in {getattr(config.data, split)!r}")

@@ -1,9 +1,10 @@
 """Batching examples into a few static shapes for jit: length buckets, per-epoch plans that are a pure
 function of (seed, epoch), padded batches, and SpecAugment.
 
-``batches`` groups examples of similar length into buckets and pads each batch to its bucket's shape, so a
-jitted train step compiles once per bucket; ``batch_stream`` is the trainer's endless (step, batch) stream,
-whose batch at step s depends on (seed, s) only, so a resumed run sees exactly the batches it would have seen.
+``plan_batches`` groups examples of similar length into buckets (and, with sharded data, rows by group of
+shards) and ``pad_batch`` pads a batch to its bucket's shape, so a jitted train step compiles once per bucket.
+``batches`` is one epoch of in-memory examples (evaluation); the trainer's stream, whose batch at step s
+depends on (seed, s) only, is ``loop.loader``.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import Config
 from ..corpora.prepare import Example
 
 __all__ = [
     "Batch",
-    "batch_stream",
     "batches",
-    "bucket_frames_for",
     "device_batch",
     "make_buckets",
+    "pad_batch",
     "plan_batches",
     "spec_augment",
 ]
@@ -44,6 +43,7 @@ class Batch:
     valid: (B,) bool; False for the rows that fill a short final batch (copies of the batch's first example:
         weight them out of the loss).
     ids: the example ids, "" for fill rows.
+    unreadable: how many rows held a record that could not be read (also valid=False).
     """
 
     features: np.ndarray
@@ -52,6 +52,7 @@ class Batch:
     target_lengths: np.ndarray
     valid: np.ndarray
     ids: tuple[str, ...]
+    unreadable: int = 0  # rows whose record could not be read (corrupted shard bytes), marked invalid
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -101,30 +102,85 @@ def plan_batches(
     epoch: int = 0,
     shuffle: bool = True,
     drop_last: bool = True,
+    groups: Sequence[int] | np.ndarray | None = None,
+    num_groups: int = 1,
 ) -> list[np.ndarray]:
     """The batches of one epoch as arrays of example indices, each within one bucket.
 
     With shuffle, examples are shuffled within buckets and batches across buckets by a generator seeded with
     (seed, epoch): the order is a pure function of its arguments, so a resumed run sees the same data. Without
     shuffle, batches come bucket by bucket in index order. drop_last drops each bucket's short final batch.
+
+    groups: the group (0 .. num_groups - 1) of each example (with sharded data: of its shard). Rows
+    [k * B / num_groups, (k + 1) * B / num_groups) of every batch then come from group k only, so a process
+    that builds only some rows reads only its groups' shards. A bucket gives as many batches as its smallest
+    group fills (the rest of each group's members wait for another epoch's shuffle). With one group this is
+    the plain plan.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if num_groups < 1 or batch_size % num_groups:
+        raise ValueError(f"num_groups: expected a divisor of batch_size {batch_size}, got {num_groups}")
+    if num_groups > 1 and not drop_last:
+        raise ValueError("drop_last: expected True with num_groups > 1 (groups fill whole batches only)")
     lengths = np.asarray(lengths)
+    groups = np.zeros(lengths.shape, np.int64) if groups is None else np.asarray(groups)
+    if groups.shape != lengths.shape or (groups.size and not 0 <= groups.min() <= groups.max() < num_groups):
+        raise ValueError(
+            f"groups: expected one group in [0, {num_groups}) per example ({lengths.shape}), got "
+            f"shape {groups.shape}"
+        )
     bucket = _bucket_index(lengths, bucket_frames)
     rng = np.random.default_rng([seed, epoch])
+    rows = batch_size // num_groups
     plan: list[np.ndarray] = []
     for b in range(len(bucket_frames)):
-        members = np.flatnonzero(bucket == b)
-        if shuffle:
-            members = rng.permutation(members)
-        for start in range(0, members.size, batch_size):
-            chunk = members[start : start + batch_size]
+        members = []
+        for k in range(num_groups):
+            mine = np.flatnonzero((bucket == b) & (groups == k))
+            members.append(rng.permutation(mine) if shuffle else mine)
+        count = min(m.size for m in members) // rows if num_groups > 1 else -(-members[0].size // rows)
+        for j in range(count):
+            chunk = np.concatenate([m[j * rows : (j + 1) * rows] for m in members])
             if chunk.size == batch_size or not drop_last:
                 plan.append(chunk)
     if shuffle:
         plan = [plan[i] for i in rng.permutation(len(plan))]
     return plan
+
+
+def pad_batch(
+    records: Sequence,
+    frames: int,
+    target_frames: int,
+    num_features: int,
+    *,
+    batch_size: int | None = None,
+    pad_value: float = 0.0,
+    target_pad_id: int = 0,
+) -> Batch:
+    """A Batch of shape (batch_size, frames, F) / (batch_size, target_frames) from ``records`` (objects with
+    id, features (T, F), targets (U,)); rows past len(records), and the rows of records that are None (they
+    could not be read), are copies of the first readable record marked valid=False (id "")."""
+    batch_size = batch_size or len(records)
+    readable = [r for r in records if r is not None]
+    fill = readable[0] if readable else None
+    features = np.full((batch_size, frames, num_features), pad_value, np.float32)
+    targets = np.full((batch_size, target_frames), target_pad_id, np.int32)
+    lengths, target_lengths = np.ones(batch_size, np.int32), np.ones(batch_size, np.int32)
+    valid, ids = np.zeros(batch_size, bool), [""] * batch_size
+    for row in range(batch_size):
+        record = records[row] if row < len(records) else None
+        valid[row], ids[row] = record is not None, record.id if record is not None else ""
+        record = record if record is not None else fill
+        if record is None:
+            continue
+        n, u = record.features.shape[0], record.targets.size
+        features[row, :n] = record.features
+        targets[row, :u] = record.targets
+        lengths[row], target_lengths[row] = n, u
+    return Batch(features, lengths, targets, target_lengths, valid, tuple(ids),
+                 unreadable=sum(r is None for r in records))  # fmt: skip
 
 
 def batches(
@@ -141,9 +197,9 @@ def batches(
     pad_value: float = 0.0,
     target_pad_id: int = 0,
     start: int = 0,
-    rows: slice | None = None,
 ) -> Iterator[Batch]:
-    """Padded batches of one epoch (see ``plan_batches`` for the order), from batch number ``start`` on.
+    """Padded batches of one epoch of in-memory examples (see ``plan_batches`` for the order), from batch
+    number ``start`` on (the trainer's batches come from ``loop.loader``, the same planning and padding).
 
     Shapes: features (B, bucket + right_pad_frames, F) and targets (B, U_bucket), where U_bucket is the
     longest target among all examples of that bucket rounded up to target_multiple; so there is exactly one
@@ -154,8 +210,6 @@ def batches(
         context R of the last segment, in input frames: R * time_reduction_stride for an Emformer RNN-T).
         streamformer's Emformer takes the features as (B, T + R, D) with lengths = valid frames (after time
         reduction: feature_lengths // stride); torchaudio's counts the right context in its lengths.
-    rows: build only these rows of every batch (a process's share of the global batch, with several hosts):
-        the Batch then has rows.stop - rows.start rows, and only their examples are read.
     """
     if right_pad_frames < 0:
         raise ValueError(f"right_pad_frames: expected >= 0, got {right_pad_frames}")
@@ -169,35 +223,22 @@ def batches(
         raise ValueError(f"examples: expected one feature size F, got {sorted(dims)}")
     (num_features,) = dims
     bucket = _bucket_index(lengths, bucket_frames)
-    target_lengths = np.array([e.targets.size for e in examples])
     bucket_targets = np.zeros(len(bucket_frames), dtype=int)
-    np.maximum.at(bucket_targets, bucket, target_lengths)
+    np.maximum.at(bucket_targets, bucket, [e.targets.size for e in examples])
     bucket_targets = [_round_up(max(u, 1), target_multiple) for u in bucket_targets]
-
     plan = plan_batches(
         lengths, batch_size, bucket_frames, seed=seed, epoch=epoch, shuffle=shuffle, drop_last=drop_last
     )
-    share = rows if rows is not None else slice(0, batch_size)
     for indices in plan[start:]:
         b = int(bucket[indices[0]])
-        all_rows = list(indices) + [indices[0]] * (batch_size - len(indices))
-        all_ids = tuple(examples[i].id for i in indices) + ("",) * (batch_size - len(indices))
-        rows_here = all_rows[share]
-        features = np.full(
-            (len(rows_here), bucket_frames[b] + right_pad_frames, num_features), pad_value, np.float32
-        )
-        targets = np.full((len(rows_here), bucket_targets[b]), target_pad_id, np.int32)
-        for r, i in enumerate(rows_here):
-            example = examples[i]
-            features[r, : lengths[i]] = example.features
-            targets[r, : target_lengths[i]] = example.targets
-        yield Batch(
-            features=features,
-            feature_lengths=lengths[rows_here].astype(np.int32),
-            targets=targets,
-            target_lengths=target_lengths[rows_here].astype(np.int32),
-            valid=(np.arange(batch_size) < len(indices))[share],
-            ids=all_ids[share],
+        yield pad_batch(
+            [examples[i] for i in indices],
+            bucket_frames[b] + right_pad_frames,
+            bucket_targets[b],
+            num_features,
+            batch_size=batch_size,
+            pad_value=pad_value,
+            target_pad_id=target_pad_id,
         )
 
 
@@ -279,12 +320,6 @@ def spec_augment(
     return jnp.where(masked, jnp.asarray(mask_value, features.dtype), features)
 
 
-def bucket_frames_for(config: Config, examples: list[Example]) -> list[int]:
-    """Bucket sizes as whole numbers of segments, so each bucket is one compiled shape of whole segments."""
-    lengths = [e.features.shape[0] for e in examples]
-    return make_buckets(lengths, config.data.num_buckets, config.model.segment_length)
-
-
 def device_batch(batch: Batch) -> dict[str, np.ndarray]:
     return {
         "features": batch.features,
@@ -293,41 +328,3 @@ def device_batch(batch: Batch) -> dict[str, np.ndarray]:
         "target_lengths": batch.target_lengths,
         "valid": batch.valid,
     }
-
-
-def batch_stream(
-    examples,
-    config: Config,
-    bucket_frames: list[int],
-    right_pad: int,
-    start_step: int,
-    pad_id: int = 0,
-    rows: slice | None = None,
-) -> Iterator[tuple[int, Batch]]:
-    """(step, batch) from ``start_step`` on. The batch of step s is a pure function of (seed, s): epoch
-    s // batches_per_epoch, position s % batches_per_epoch of that epoch's plan. ``rows``: only these rows
-    of each batch (this process's share, ``Mesh1D.local_rows``)."""
-    data, seed = config.data, config.loop.seed
-    lengths = [e.features.shape[0] for e in examples]
-    per_epoch = len(plan_batches(lengths, data.batch_size, bucket_frames, seed=seed, epoch=0))
-    if per_epoch == 0:
-        raise ValueError(
-            f"data.batch_size: {data.batch_size} is more than any bucket holds "
-            f"({len(examples)} training utterances in {len(bucket_frames)} buckets)"
-        )
-    step = start_step
-    while True:
-        epoch, position = divmod(step, per_epoch)
-        for batch in batches(
-            examples,
-            data.batch_size,
-            bucket_frames,
-            seed=seed,
-            epoch=epoch,
-            right_pad_frames=right_pad,
-            target_pad_id=pad_id,
-            start=position,
-            rows=rows,
-        ):
-            yield step, batch
-            step += 1

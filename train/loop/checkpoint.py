@@ -1,9 +1,10 @@
 """Checkpoints: orbax's CheckpointManager (atomic, asynchronous saves; keeps the last N) with the run's config
 stored inside every checkpoint, so that restoring into a different model fails with a clear message.
 
-Layout: <workdir>/checkpoints/<step>/{state, config}. ``state`` is the TrainState pytree, ``config`` the run's
-config as JSON. An interrupted save leaves only a temporary folder that orbax ignores. Once a save has
-finished, <step>/manifest.json records every file's size and sha256 (train.integrity); a checkpoint is
+Layout: <workdir>/checkpoints/<step>/{state, config, data}. ``state`` is the TrainState pytree, ``config`` the
+run's config as JSON, ``data`` the input pipeline's iterator state (grain's, as JSON: where the next batch
+is), so a resumed run continues with exactly the batch it would have read. An interrupted save leaves only a
+temporary folder that orbax ignores. Once a save has finished, <step>/manifest.json records every file's size and sha256 (train.integrity); a checkpoint is
 verified against it before it is read, and ``set_aside_damaged`` moves damaged ones out of the way so that
 training resumes from the newest intact one. A checkpoint without a manifest counts as half-written when an
 older one of the run has a manifest; otherwise it predates manifests and is read unverified.
@@ -56,20 +57,25 @@ class Checkpoints:
         self.directory = Path(directory).absolute()
         self.must_match = must_match or {}
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "config", "data")
+        )
         self._unsealed: list[int] = []  # saved by this process, manifest not yet written
         self._verified: set[int] = set()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, config: dict) -> None:
-        """Starts saving ``state`` (asynchronously; ``wait`` or ``close`` to finish); a step already saved is
-        left as it is (a stop right after a periodic checkpoint)."""
+    def save(self, step: int, state: Any, config: dict, data: dict | None = None) -> None:
+        """Starts saving ``state`` (asynchronously; ``wait`` or ``close`` to finish) with ``data``, the input
+        pipeline's state; a step already saved is left as it is (a stop right after a periodic checkpoint)."""
         if step in self._unsealed or step in self.manager.all_steps():
             return
         self.seal(wait=True)
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
+        items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
+        if data is not None:
+            items["data"] = ocp.args.JsonSave(data)
+        args = ocp.args.Composite(**items)
         self.manager.save(step, args=args, force=True)
         self._unsealed.append(step)
 
@@ -189,6 +195,14 @@ class Checkpoints:
         self.check(step)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         return self.manager.restore(step, args=args)["state"]
+
+    def restore_data(self, step: int | None = None) -> dict | None:
+        """The input pipeline's state saved with checkpoint ``step`` (None: the checkpoint has none)."""
+        step = self._step(step)
+        if not (self.directory / str(step) / "data").is_dir():
+            return None
+        self.verify(step)
+        return self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
 
     def _step(self, step: int | None) -> int:
         if step is None:

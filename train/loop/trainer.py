@@ -15,8 +15,9 @@ import jax
 from streamformer.transducer import RNNT
 
 from ..config import Config, LoopConfig, to_dict
-from .batches import batch_stream, device_batch
+from .batches import device_batch
 from .checkpoint import Checkpoints, abstract_like
+from .loader import MemorySource, TrainBatches, batch_iterator, bucket_frames_for
 from .mesh import Mesh1D
 from .metrics import MetricsLog, Progress, save_json
 from .preemption import PreemptionGuard
@@ -36,14 +37,15 @@ class FitResult:
     skipped: int
     seconds: float
     preempted: str | None = None  # the signal that stopped training early (checkpoint saved), if any
+    data_wait: float = 0.0  # seconds the steps waited for their batches
 
 
 def fit(
     config: Config,
     workdir: str | os.PathLike,
     model: RNNT,
-    train_examples: list,
-    bucket_frames: list[int],
+    source,
+    bucket_frames: list[int] | None = None,
     *,
     blank: int,
     must_match: dict,
@@ -54,9 +56,11 @@ def fit(
     time_limit: float | None = None,
     devices=None,
 ) -> FitResult:
-    """Trains ``model`` on ``train_examples`` for config.loop.steps steps, resuming from the latest checkpoint
-    under ``workdir`` when there is one.
+    """Trains ``model`` for config.loop.steps steps on ``source`` (a list of Examples, a
+    ``loader.MemorySource`` or a ``corpora.shards.ShardSource``), resuming from the latest checkpoint under
+    ``workdir`` when there is one (its train state and its data iterator's position).
 
+    bucket_frames: the length buckets (default ``loader.bucket_frames_for`` the source's lengths).
     must_match: config parts a checkpoint must share to be resumed (see Checkpoints).
     stop_at: stop (after checkpointing) at this step, before config.loop.steps (for tests and time limits).
     on_eval: called every loop.eval_every steps with (state, step); its dict is logged.
@@ -71,11 +75,22 @@ def fit(
     optimizer = make_optimizer(config.optim, loop.steps)
     train_step = mesh.jit_train_step(make_train_step(model, optimizer, config, blank))
 
+    if isinstance(source, list):
+        source = MemorySource(source, config.data.groups)
+    if bucket_frames is None:
+        bucket_frames = bucket_frames_for(config, source.lengths[source.usable])
+    rows = mesh.local_rows(config.data.batch_size)  # this process builds and puts only its rows
+    train_batches = TrainBatches(source, config, bucket_frames, model.right_context_length, rows=rows)
+    if hasattr(source, "report"):
+        records = [*records, source.report()]
+
     checkpoints = Checkpoints(workdir / "checkpoints", loop.keep_checkpoints, must_match)
     checkpoints.set_aside_damaged()
     abstract = jax.eval_shape(lambda: init_state(model, optimizer, loop.seed))
+    data_state = None
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_like(abstract, mesh.replicated))
+        data_state = checkpoints.restore_data(int(state.step))
     else:
         state = jax.jit(lambda: init_state(model, optimizer, loop.seed), out_shardings=mesh.replicated)()
     start = int(state.step)
@@ -92,11 +107,15 @@ def fit(
     try:
         with PreemptionGuard() as guard:
             if start < end:
-                rows = mesh.local_rows(config.data.batch_size)  # this process builds and puts only its rows
-                stream = batch_stream(
-                    train_examples, config, bucket_frames, model.right_context_length, start, rows=rows
-                )
-                for step, batch in stream:
+                data = config.data
+                stream = batch_iterator(
+                    train_batches, loop.steps, start, threads=data.loader_threads,
+                    workers=data.loader_workers, prefetch=data.prefetch, state=data_state,
+                )  # fmt: skip
+                while True:
+                    waited = time.perf_counter()
+                    step, batch = next(stream)
+                    window.waited(time.perf_counter() - waited, batch.unreadable)
                     state, metrics = train_step(
                         state, mesh.put_batch(device_batch(batch), config.data.batch_size)
                     )
@@ -104,7 +123,7 @@ def fit(
                     done = step + 1
                     checkpoints.seal()
                     if _every(loop.checkpoint_every, done) and done < end:
-                        checkpoints.save(done, state, config_json)
+                        checkpoints.save(done, state, config_json, stream.get_state())
                     if on_eval is not None and _every(loop.eval_every, done) and done < end:
                         window.flush()
                         metrics_log.write({"step": done, "kind": "eval", **on_eval(state, done)})
@@ -119,8 +138,9 @@ def fit(
                     if done >= end:
                         break
                 window.flush()
-                checkpoints.save(end, state, config_json)
+                checkpoints.save(end, state, config_json, stream.get_state())
     finally:
+        source.close()
         checkpoints.close()
         metrics_log.close()
         bar.close()
@@ -130,6 +150,7 @@ def fit(
         skipped=window.skipped,
         seconds=time.perf_counter() - started,
         preempted=preempted,
+        data_wait=window.wait_total,
     )
 
 
@@ -152,11 +173,19 @@ class MetricsWindow:
         self.skipped = int(jax.device_get(state.skipped))
         self.in_a_row = int(jax.device_get(state.nonfinite_in_a_row))
         self.pending: tuple[int, dict] | None = None
+        self.wait_total, self.unreadable = 0.0, 0
         self._start_window()
 
     def _start_window(self) -> None:
         self.loss_sum, self.utterances, self.frames, self.steps = 0.0, 0.0, 0.0, 0
+        self.data_wait = 0.0
         self.window_started = time.perf_counter()
+
+    def waited(self, seconds: float, unreadable: int = 0) -> None:
+        """The step waited ``seconds`` for its batch, ``unreadable`` of whose records could not be read."""
+        self.data_wait += seconds
+        self.wait_total += seconds
+        self.unreadable += unreadable
 
     def add(self, step: int, metrics: dict) -> None:
         self.flush()
@@ -201,6 +230,8 @@ class MetricsWindow:
             "utterances_per_s": self.utterances / seconds,
             "audio_s_per_s": self.frames * 0.01 / seconds,
             "skipped": self.skipped,
+            "data_wait_fraction": self.data_wait / seconds,
+            "unreadable_records": self.unreadable,
         }
         self.log.write(record)
         self.bar.update(
