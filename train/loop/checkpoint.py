@@ -4,10 +4,11 @@ stored inside every checkpoint, so that restoring into a different model fails w
 Layout: <workdir>/checkpoints/<step>/{state, config, data}. ``state`` is the TrainState pytree, ``config`` the
 run's config as JSON, ``data`` the input pipeline's iterator state (grain's, as JSON: where the next batch
 is), so a resumed run continues with exactly the batch it would have read. An interrupted save leaves only a
-temporary folder that orbax ignores. Once a save has finished, <step>/manifest.json records every file's size and sha256 (train.integrity); a checkpoint is
-verified against it before it is read, and ``set_aside_damaged`` moves damaged ones out of the way so that
-training resumes from the newest intact one. A checkpoint without a manifest counts as half-written when an
-older one of the run has a manifest; otherwise it predates manifests and is read unverified.
+temporary folder that orbax ignores. Once a save has finished, <step>/manifest.json records every file's size
+and sha256 (train.integrity); a checkpoint is verified against it before it is read, and ``set_aside_damaged``
+moves damaged ones out of the way so that training resumes from the newest intact one. A checkpoint without a
+manifest counts as half-written when an older one of the run has a manifest; otherwise it predates manifests
+and is read unverified.
 """
 
 from __future__ import annotations
