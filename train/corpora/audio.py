@@ -147,7 +147,8 @@ def _raise_missing(what: str, missing: list[str]) -> None:
 def list_librispeech(root: str | os.PathLike) -> list[AudioEntry]:
     """The utterances of a LibriSpeech-layout tree, sorted by id.
 
-    Expects <root>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt with lines "<id> <TEXT>", and beside it
+    Expects <root>/.../<speaker>/<chapter>/<speaker>-<chapter>.trans.txt (at any depth, through symbolic links)
+    with lines "<id> <TEXT>", and beside it
     <id>.flac or <id>.wav. Texts are returned as written (LibriSpeech's are upper case). Raises
     FileNotFoundError when there is no transcript file or when transcript lines have no audio (all listed),
     and ValueError for a malformed line (file and line number named).
@@ -155,7 +156,12 @@ def list_librispeech(root: str | os.PathLike) -> list[AudioEntry]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"root: expected a LibriSpeech folder, {root} is not a directory")
-    transcripts = sorted(root.rglob("*.trans.txt"))
+    transcripts = sorted(  # symbolic links followed: a folder of links to train-clean-100, ... is one corpus
+        Path(folder) / name
+        for folder, _, names in os.walk(root, followlinks=True)
+        for name in names
+        if name.endswith(".trans.txt")
+    )
     if not transcripts:
         raise FileNotFoundError(f"root: no '<speaker>-<chapter>.trans.txt' files under {root}")
     entries: list[AudioEntry] = []
