@@ -60,6 +60,17 @@ def test_list_librispeech_reads_back_the_tree(tree, utterances):
         np.testing.assert_allclose(audio, by_id[entry.id].audio, atol=1.0 / 32768 + 1e-7)
 
 
+def test_list_librispeech_follows_links_to_several_folders(tmp_path, utterances):
+    """LibriSpeech's 960 h are three folders: a folder of links to them lists all three."""
+    first = write_librispeech(utterances[:2], tmp_path / "train-clean-100", audio_format="wav")
+    second = write_librispeech(utterances[2:5], tmp_path / "train-clean-360", audio_format="wav")
+    (tmp_path / "train-960").mkdir()
+    for part in (first, second):
+        (tmp_path / "train-960" / part.name).symlink_to(part)
+    listed = list_librispeech(tmp_path / "train-960")
+    assert [e.id for e in listed] == sorted(u.id for u in utterances[:5])
+
+
 def test_list_librispeech_errors(tmp_path, utterances):
     root = write_librispeech(utterances[:3], tmp_path / "c", audio_format="wav")
     assert [e.path.suffix for e in list_librispeech(root)] == [".wav"] * 3
