@@ -139,6 +139,7 @@ def fit(
                         break
                 window.flush()
                 checkpoints.save(end, state, config_json, stream.get_state())
+                stream.close()  # stops the reader threads (and workers) building batches past the end
     finally:
         source.close()
         checkpoints.close()
