@@ -15,7 +15,13 @@ from streamformer.train import config as config_lib
 from streamformer.train.__main__ import main as cli
 from streamformer.train.corpora import prepare, shards
 from streamformer.train.corpora.prepare_shards import prepare_shards
-from streamformer.train.loop.loader import MemorySource, TrainBatches, batch_iterator, bucket_frames_for
+from streamformer.train.loop.loader import (
+    MemorySource,
+    TrainBatches,
+    batch_iterator,
+    bucket_frames_for,
+    state_for_checkpoint,
+)
 from tests.conftest import shard_args
 from tests.test_train import FIT, micro_config, step_losses
 
@@ -91,7 +97,7 @@ def test_each_process_reads_only_its_groups_shards_and_together_they_build_the_b
         batches_of(source_of(micro_shards, config), config, rows=slice(2, 6))
 
 
-@pytest.mark.parametrize("kind", ["memory", "shards"])
+@pytest.mark.parametrize("kind", ["memory", "shards", "shards in a worker process"])
 def test_the_iterator_resumes_at_the_batch_it_stopped_before(micro_shards, tmp_path, kind):
     config = shard_config(micro_shards)
     if kind == "memory":
@@ -100,18 +106,24 @@ def test_the_iterator_resumes_at_the_batch_it_stopped_before(micro_shards, tmp_p
     else:
         source = source_of(micro_shards, config)
     batches = batches_of(source, config)
+    workers = int(kind.endswith("process"))
     straight = batch_iterator(batches, 20)
     expected = [next(straight) for _ in range(20)]
-    stopped = batch_iterator(batches, 20)
+    stopped = batch_iterator(batches, 20, workers=workers)
     for _ in range(9):  # mid-epoch: an epoch is 6 batches
         next(stopped)
-    state = json.loads(json.dumps(stopped.get_state()))  # as the checkpoint stores it
-    resumed = batch_iterator(batches, 20, 9, state=state)
+    state = json.loads(json.dumps(state_for_checkpoint(stopped, 9, workers)))  # as the checkpoint stores it
+    resumed = batch_iterator(batches, 20, 9, workers=workers, state=state)
     for (step, batch), (want_step, want) in zip(resumed, expected[9:], strict=True):
         assert step == want_step and batch.ids == want.ids
         np.testing.assert_array_equal(batch.features, want.features)
     with pytest.raises(ValueError, match="the checkpoint's iterator is at step 9, its train state at step 8"):
-        batch_iterator(batches, 20, 8, state=state)
+        batch_iterator(batches, 20, 8, workers=workers, state=state)
+    if workers:
+        with pytest.raises(
+            ValueError, match="data.loader_workers: the checkpoint of step 9 holds no iterator"
+        ):
+            batch_iterator(batches, 20, 9, workers=2, state=state)
 
 
 def test_preparation_resumes_and_refuses_another_corpus(micro_shards, tmp_path, cache):

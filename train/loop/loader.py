@@ -124,6 +124,12 @@ class TrainBatches:
         self._plans: dict[int, list[np.ndarray]] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:  # for grain's worker processes: the lock and the cached plans stay behind
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_plans")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock(), _plans={})
+
     def _plan(self, epoch: int) -> list[np.ndarray]:
         return plan_batches(
             self.lengths, self.batch_size, self.bucket_frames, seed=self.seed, epoch=epoch,
@@ -166,11 +172,16 @@ def batch_iterator(
     """(step, batch) for steps ``start`` .. ``steps - 1``, built ahead by grain.
 
     threads: grain's reader threads in this process; workers: grain worker processes (0: none; each builds
-    whole batches and needs the source to be picklable); prefetch: batches built ahead. ``state``: a grain
-    iterator state from a checkpoint (``state_for_checkpoint``): it must point at ``start``.
+    whole batches); prefetch: batches built ahead. ``state``: what ``state_for_checkpoint`` saved with the
+    checkpoint of step ``start``: grain's iterator state is set back from it (with workers, it must have been
+    saved with the same number of workers; without, the position alone suffices).
     """
     import grain
 
+    if state is not None and int(state.get("step", -1)) != start:
+        raise ValueError(
+            f"data state: the checkpoint's iterator is at step {state.get('step')}, its train state at step {start}"
+        )
     dataset = grain.MapDataset.range(steps).map(lambda step: (step, batches.batch(step)))
     iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
     if workers:
@@ -180,15 +191,20 @@ def batch_iterator(
             flags.FLAGS.mark_as_parsed()
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     iterator = iter(iterable)
-    wanted = {"next_index": int(start)}
-    if state is not None and int(state.get("next_index", -1)) != start:
-        raise ValueError(f"data state: the checkpoint's iterator is at step {state.get('next_index')}, its "
-                         f"train state at step {start}")  # fmt: skip
-    if start:
-        iterator.set_state(state if state is not None and not workers else wanted)
+    if state is not None and state.get("workers", 0) == workers and "grain" in state:
+        iterator.set_state(state["grain"])
+    elif start and not workers:
+        iterator.set_state({"next_index": int(start)})
+    elif start:
+        raise ValueError(
+            f"data.loader_workers: the checkpoint of step {start} holds no iterator state written with "
+            f"{workers} worker(s) (it was written with {None if state is None else state.get('workers')}); "
+            "resume with the setting it was written with"
+        )
     return iterator
 
 
-def state_for_checkpoint(step: int) -> dict:
-    """The iterator state saved with the checkpoint of ``step`` (grain's: the next element is step ``step``)."""
-    return {"next_index": int(step)}
+def state_for_checkpoint(iterator, step: int, workers: int) -> dict:
+    """What a checkpoint of ``step`` stores of the input pipeline: the step, the number of workers and grain's
+    iterator state (JSON)."""
+    return {"step": int(step), "workers": int(workers), "grain": iterator.get_state()}

@@ -17,7 +17,7 @@ from streamformer.transducer import RNNT
 from ..config import Config, LoopConfig, to_dict
 from .batches import device_batch
 from .checkpoint import Checkpoints, abstract_like
-from .loader import MemorySource, TrainBatches, batch_iterator, bucket_frames_for
+from .loader import MemorySource, TrainBatches, batch_iterator, bucket_frames_for, state_for_checkpoint
 from .mesh import Mesh1D
 from .metrics import MetricsLog, Progress, save_json
 from .preemption import PreemptionGuard
@@ -112,18 +112,25 @@ def fit(
                     train_batches, loop.steps, start, threads=data.loader_threads,
                     workers=data.loader_workers, prefetch=data.prefetch, state=data_state,
                 )  # fmt: skip
+                expected = start
                 while True:
                     waited = time.perf_counter()
                     step, batch = next(stream)
+                    if step != expected:
+                        raise RuntimeError(
+                            f"data: the input pipeline gave step {step}'s batch at step {expected}"
+                        )
                     window.waited(time.perf_counter() - waited, batch.unreadable)
                     state, metrics = train_step(
                         state, mesh.put_batch(device_batch(batch), config.data.batch_size)
                     )
                     window.add(step, metrics)  # settles the previous step, now that this one is dispatched
-                    done = step + 1
+                    done = expected = step + 1
                     checkpoints.seal()
                     if _every(loop.checkpoint_every, done) and done < end:
-                        checkpoints.save(done, state, config_json, stream.get_state())
+                        checkpoints.save(
+                            done, state, config_json, state_for_checkpoint(stream, done, data.loader_workers)
+                        )
                     if on_eval is not None and _every(loop.eval_every, done) and done < end:
                         window.flush()
                         metrics_log.write({"step": done, "kind": "eval", **on_eval(state, done)})
@@ -138,7 +145,9 @@ def fit(
                     if done >= end:
                         break
                 window.flush()
-                checkpoints.save(end, state, config_json, stream.get_state())
+                checkpoints.save(
+                    end, state, config_json, state_for_checkpoint(stream, end, data.loader_workers)
+                )
                 stream.close()  # stops the reader threads (and workers) building batches past the end
     finally:
         source.close()
