@@ -141,6 +141,38 @@ def train(args) -> None:
     }))  # fmt: skip
 
 
+def loader_cost(args) -> None:
+    """What building one training batch costs in the loader: from audio files (decode + log-mel, as a loader
+    over audio shards would) against from a shard folder's records (read + decode + normalise)."""
+    import numpy as np
+
+    from streamformer.features import GlobalStats
+    from streamformer.train.config import preset
+    from streamformer.train.corpora import audio, prepare
+    from streamformer.train.corpora.shards import ShardSource
+
+    entries = audio.list_librispeech(Path(args.corpus) / "train")
+    rng = np.random.default_rng(0)
+    config = preset(args.preset)
+    stats = GlobalStats.load(Path(args.shards) / "global_stats.json")
+    source = ShardSource(args.shards, "train", config.data, stats)
+    source.open({0})
+    timings = {"audio": [], "shards": []}
+    prepare.log_mel_features([audio.audio_of(entries[0])])  # compile the front end outside the timing
+    for _ in range(args.batches):
+        picked = [entries[i] for i in rng.choice(len(entries), args.batch, replace=False)]
+        started = time.perf_counter()
+        prepare.log_mel_features([audio.audio_of(e) for e in picked])
+        timings["audio"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for i in rng.choice(len(source.lengths), args.batch, replace=False):
+            source.read(int(i))
+        timings["shards"].append(time.perf_counter() - started)
+    print(json.dumps({"what": "loader_cost", "batch": args.batch, "batches": args.batches,
+                      **{f"{k}_ms_per_batch": round(1000 * float(np.median(v)), 1) for k, v in timings.items()},
+                      "load_1min": os.getloadavg()[0]}))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -163,8 +195,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--set", action="append", default=[])
+    p = commands.add_parser("loader-cost")
+    p.add_argument("--preset", default="speech")
+    p.add_argument("--corpus", required=True, help="a LibriSpeech-layout folder with train/")
+    p.add_argument("--shards", required=True, help="its shard folder")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batches", type=int, default=10)
     args = parser.parse_args()
-    {"prepare": prepare, "replicate": replicate, "train": train}[args.command](args)
+    {"prepare": prepare, "replicate": replicate, "train": train, "loader-cost": loader_cost}[args.command](
+        args
+    )
 
 
 if __name__ == "__main__":
