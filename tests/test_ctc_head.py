@@ -26,29 +26,15 @@ from streamformer.train.loop.step import (
 )
 from streamformer.transducer import RNNT, emformer_rnnt_model, with_ctc_head
 from tests.rnnt_cases import TINY_RNNT
+from tests.test_train import micro_config
 
 V, BLANK = 25, 24  # 24 BPE pieces + blank, the last id (as streamformer.text's tokenizer)
-MICRO = [
-    "model.encoding_dim=32",
-    "model.time_reduction_input_dim=16",
-    "model.transformer_num_heads=2",
-    "model.transformer_ffn_dim=32",
-    "model.transformer_num_layers=1",
-    "model.symbol_embedding_dim=32",
-    "model.segment_length=8",
-    "model.right_context_length=4",
-    "model.transformer_left_context_length=4",
-    "model.transformer_dropout=0",
-    "model.lstm_dropout=0",
-    "data.spec_augment=false",
-    "optim.loss=full",
-    "optim.lr=3e-3",
-    "optim.warmup_steps=1",
-]
 
 
 def micro(*extra: str) -> config_lib.Config:
-    return config_lib.apply_overrides(config_lib.preset("tiny"), MICRO + list(extra))
+    """test_train's micro model, deterministic (no dropout, no SpecAugment), the full RNN-T loss."""
+    settings = ["model.transformer_dropout=0", "model.lstm_dropout=0", "data.spec_augment=false"]
+    return micro_config(*settings, "optim.loss=full", "optim.warmup_steps=1", *extra)
 
 
 @pytest.fixture(scope="module")

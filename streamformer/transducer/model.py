@@ -325,27 +325,25 @@ def with_simple_loss_projections(model: RNNT) -> RNNT:
     """``model`` with the pruned RNN-T loss's two projections (encoder and predictor output -> V) added as
     ``simple_loss`` (``model.init`` creates their parameters; ``RNNT.simple_logits`` applies them). Every
     other parameter, and what ``convert.to_torchaudio`` writes, is unchanged."""
-    if not isinstance(model, RNNT):
-        raise TypeError(f"model: expected an RNNT, got {type(model).__name__}")
-    if model.simple_loss is not None:
-        return model
-    joiner = model.joiner
-    projections = SimpleLossProjections(
-        joiner.input_dim, joiner.output_dim, dtype=joiner.dtype, param_dtype=joiner.param_dtype, parent=None
-    )
-    return model.clone(simple_loss=projections)
+    return _with_training_part(model, "simple_loss", SimpleLossProjections)
 
 
 def with_ctc_head(model: RNNT) -> RNNT:
     """``model`` with an auxiliary CTC head on its transcriber's encodings added as ``ctc_head`` (its
     parameters live beside the transducer's, under "ctc_head"; ``RNNT.ctc_logits`` applies it). Every other
     parameter, and what ``convert.to_torchaudio`` writes, is unchanged."""
+    return _with_training_part(model, "ctc_head", CTCHead)
+
+
+def _with_training_part(model: RNNT, field: str, part: type[nn.Module]) -> RNNT:
+    """``model`` with a training-only ``part`` (encodings of dimension D -> V, the joiner's sizes and dtypes)
+    as its ``field``; ``model`` itself when it has one already."""
     if not isinstance(model, RNNT):
         raise TypeError(f"model: expected an RNNT, got {type(model).__name__}")
-    if model.ctc_head is not None:
+    if getattr(model, field) is not None:
         return model
     joiner = model.joiner
-    head = CTCHead(
+    module = part(
         joiner.input_dim, joiner.output_dim, dtype=joiner.dtype, param_dtype=joiner.param_dtype, parent=None
     )
-    return model.clone(ctc_head=head)
+    return model.clone(**{field: module})
