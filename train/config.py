@@ -242,7 +242,8 @@ def _speech() -> Config:
     44 minutes on 2 cores, test WER 59.9 % / 64.2 % (seen / unseen speakers, greedy; 50.0 % / 54.3 % with
     beam 4) on the espeak corpus with its recombined training text (benchmarks/speech_recipe.md). Width 192
     learnt no more per step and is 1.45x slower a step. A longer run should raise loop.steps (the cosine
-    decay spans them)."""
+    decay spans them). Those figures are of the fortunes-only corpus; the corpus now reads three text
+    sources (38,619 sentences, issue 21) and this preset is not yet tuned on it."""
     return Config(
         model=ModelConfig(
             encoding_dim=128,
