@@ -83,7 +83,9 @@ def main() -> None:
     for name in args.losses.split(","):
         optim = dataclasses.replace(base.optim, **variants[name])
         config = dataclasses.replace(base, optim=optim)
-        model = build_model(config.model, V, simple_loss_projections=optim.loss == "pruned")
+        model = build_model(
+            config.model, V, simple_loss_projections=optim.loss == "pruned", ctc_head=optim.ctc_weight > 0
+        )
         optimizer = make_optimizer(optim, 1000)
         state = init_state(model, optimizer, 0)
         if optim.loss == "pruned":  # after the warm-up (the scales do not change the cost)

@@ -10,6 +10,8 @@ Decodes (greedy, offline) with the workdir's latest checkpoint:
   model on text it has trained on;
 - test-seen synthesised again clean (same sentence, voice, rate and pitch; no noise, no reverberation, same
   level range): how much of the error the degradations cause.
+
+Each set's row is followed by one per text source (the corpus's sources.json), when the corpus has several.
 """
 
 from __future__ import annotations
@@ -41,9 +43,44 @@ def word_hits(reference: list[str], hypothesis: list[str]) -> list[bool]:
     return hits
 
 
+def _row(name: str, pairs: list[tuple[str, str]], vocabulary: set[str]) -> dict:
+    """WER, CER and the known / unheard words decoded right of (reference, hypothesis) ``pairs``; printed."""
+    from streamformer.train.evaluation import error_rates
+
+    rates = error_rates(*zip(*pairs))
+    known, new = [0, 0], [0, 0]  # [words, decoded right]
+    for text, hypothesis in pairs:
+        reference = text.split()
+        for word, hit in zip(reference, word_hits(reference, hypothesis.split()), strict=True):
+            counts = known if word in vocabulary else new
+            counts[0] += 1
+            counts[1] += hit
+    row = {
+        "set": name, "utterances": len(pairs), "wer": rates["wer"], "cer": rates["cer"],
+        "in_vocabulary_words": known[0], "in_vocabulary_right": known[1] / max(known[0], 1),
+        "oov_words": new[0], "oov_right": new[1] / max(new[0], 1),
+    }  # fmt: skip
+    print(
+        f"| {name} | {len(pairs)} | {100 * row['wer']:.1f} % | {100 * row['cer']:.1f} % | "
+        f"{100 * row['in_vocabulary_right']:.1f} % of {known[0]} | "
+        f"{100 * new[0] / max(known[0] + new[0], 1):.1f} % ({new[0]}) | {100 * row['oov_right']:.1f} % |",
+        flush=True,
+    )
+    return row
+
+
 def report(
-    name: str, run, model, variables, split: str, vocabulary: set[str], limit: int | None = None
+    name: str,
+    run,
+    model,
+    variables,
+    split: str,
+    vocabulary: set[str],
+    limit: int | None = None,
+    sources: dict[str, str] | None = None,
 ) -> dict:
+    """The row of a set (greedy, offline), with one row per text source under "sources" when ``sources``
+    (utterance id -> source) names more than one."""
     from streamformer.train.evaluation import evaluate
     from streamformer.train.loop.batches import bucket_frames_for
 
@@ -53,24 +90,13 @@ def report(
         model, variables, examples, run.tokenizer, beam_width=0, streaming=False,
         bucket_frames=bucket_frames_for(run.config, examples),
     )  # fmt: skip
-    known, new = [0, 0], [0, 0]  # [words, decoded right]
-    for example, hypothesis in zip(examples, hypotheses, strict=True):
-        reference = example.text.split()
-        for word, hit in zip(reference, word_hits(reference, hypothesis.split()), strict=True):
-            counts = known if word in vocabulary else new
-            counts[0] += 1
-            counts[1] += hit
-    row = {
-        "set": name, "utterances": len(examples), "wer": rates["wer"], "cer": rates["cer"],
-        "in_vocabulary_words": known[0], "in_vocabulary_right": known[1] / max(known[0], 1),
-        "oov_words": new[0], "oov_right": new[1] / max(new[0], 1), "seconds": time.perf_counter() - started,
-    }  # fmt: skip
-    print(
-        f"| {name} | {len(examples)} | {100 * row['wer']:.1f} % | {100 * row['cer']:.1f} % | "
-        f"{100 * row['in_vocabulary_right']:.1f} % of {known[0]} | "
-        f"{100 * new[0] / max(known[0] + new[0], 1):.1f} % ({new[0]}) | {100 * row['oov_right']:.1f} % |",
-        flush=True,
-    )
+    pairs = [(e.text, h) for e, h in zip(examples, hypotheses, strict=True)]
+    row = _row(name, pairs, vocabulary) | {"seconds": time.perf_counter() - started}
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for example, pair in zip(examples, pairs, strict=True):
+        groups.setdefault((sources or {}).get(example.id, ""), []).append(pair)
+    if len(groups) > 1:
+        row["sources"] = {s: _row(f"{name}: {s or '?'}", g, vocabulary) for s, g in sorted(groups.items())}
     return row
 
 
@@ -114,6 +140,8 @@ def main() -> None:
     corpus = args.corpus or Path(json.loads((workdir / "results.json").read_text())["corpus"]["root"])
     config = from_dict(json.loads((workdir / "config.json").read_text()))
     vocabulary = {w for e in data_lib.list_librispeech(corpus / "train") for w in e.text.split()}
+    sources_file = corpus / "sources.json"  # utterance id -> text source (corpora with several sources)
+    sources = json.loads(sources_file.read_text()) if sources_file.exists() else None
 
     def run_on(test: Path) -> Run:
         run = Run(dataclasses.replace(config, data=dataclasses.replace(config.data, test=str(test))), workdir)
@@ -133,20 +161,16 @@ def main() -> None:
         "| set | utterances | WER | CER | in-vocabulary words right | OOV share (words) | OOV words right |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    rows = [report("test-seen", seen, model, variables, "test", vocabulary)]
+    rows = [report("test-seen", seen, model, variables, "test", vocabulary, sources=sources)]
+    unseen = run_on(corpus / "test-unseen.jsonl")
+    rows.append(report("test-unseen", unseen, model, variables, "test", vocabulary, sources=sources))
     rows.append(
-        report("test-unseen", run_on(corpus / "test-unseen.jsonl"), model, variables, "test", vocabulary)
+        report("test-seen, clean audio", run_on(clean), model, variables, "test", vocabulary, sources=sources)
     )
-    rows.append(report("test-seen, clean audio", run_on(clean), model, variables, "test", vocabulary))
+    train_run = run_on(train_manifest)
     rows.append(
         report(
-            "training utterances",
-            run_on(train_manifest),
-            model,
-            variables,
-            "test",
-            vocabulary,
-            args.train_limit,
+            "training utterances", train_run, model, variables, "test", vocabulary, args.train_limit, sources
         )
     )
     (workdir / "diagnostics.json").write_text(json.dumps({"step": step, "rows": rows}, indent=1))

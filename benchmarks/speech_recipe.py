@@ -3,8 +3,9 @@
     python benchmarks/speech_recipe.py runs/speech [more workdirs ...]
 
 Prints, per workdir: the settings that differ from the speech preset, steps, training time, test WER/CER per
-condition (seen/unseen speakers x offline/streaming x greedy/beam) and the learning curve (dev WER against
-training minutes), from the workdir's results.json and config.json.
+condition (seen/unseen speakers x offline/streaming x greedy/beam; per text source beside, with each source's
+out-of-vocabulary rate) and the learning curve (dev WER against training minutes), from the workdir's
+results.json and config.json.
 """
 
 from __future__ import annotations
@@ -38,15 +39,28 @@ def summarise(workdir: Path) -> str:
     changed.pop("data.test", None)
     lines = [f"### {workdir.name}", "", f"- settings beyond the speech preset: `{changed or 'none'}`"]
     lines.append(f"- {results['steps']} steps in {results['train_seconds'] / 60:.1f} min of training")
+    names = sorted({name for r in results["test"] for name in r.get("sources", {})})
+    oov = {
+        name: results["corpus"].get("test-seen", {}).get("sources", {}).get(name, {}).get("oov_rate")
+        for name in names
+    }
     lines += [
         "",
-        "| speakers | mode | search | WER | CER | utterances |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| speakers | mode | search | WER | CER | utterances |"
+        + "".join(f" {name} WER / CER (OOV {100 * (oov[name] or 0):.1f} %) |" for name in names),
+        "| --- | --- | --- | --- | --- | --- |" + " --- |" * len(names),
     ]
     for r in results["test"]:
+        by_source = r.get("sources", {})
         lines.append(
             f"| {r['speakers']} | {r['mode']} | {r['search']} | {100 * r['wer']:.1f} % | {100 * r['cer']:.1f} % "
             f"| {r['utterances']} |"
+            + "".join(
+                f" {100 * by_source[n]['wer']:.1f} / {100 * by_source[n]['cer']:.1f} % |"
+                if n in by_source
+                else " |"
+                for n in names
+            )
         )
     if results.get("curve"):
         lines += ["", "learning curve (dev, greedy offline): " + ", ".join(

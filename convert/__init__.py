@@ -65,9 +65,10 @@ def _from_torch_layout(leaf: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
-#: Top-level parameter collections that exist only for training and have no torchaudio counterpart
-#: (the pruned RNN-T loss's projections, ``streamformer.transducer.with_simple_loss_projections``).
-_TRAINING_ONLY = ("simple_loss",)
+#: Top-level parameter collections that exist only for training and have no torchaudio counterpart: the
+#: pruned RNN-T loss's projections (``streamformer.transducer.with_simple_loss_projections``) and the auxiliary
+#: CTC head (``streamformer.transducer.with_ctc_head``).
+_TRAINING_ONLY = ("simple_loss", "ctc_head")
 
 
 def _is_training_only(path: tuple[str, ...]) -> bool:
@@ -89,14 +90,16 @@ def _param_shapes(model) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
 
 
 def _init_training_only(model, rng) -> dict[tuple[str, ...], jax.Array]:
-    """Freshly initialised training-only parameters of ``model`` (empty when it has none): the projections
+    """Freshly initialised training-only parameters of ``model`` (empty when it has none): those modules
     alone are initialised, not the whole model."""
-    projections = getattr(model, "simple_loss", None)
-    if projections is None:
-        return {}
-    example = jax.numpy.zeros((1, 1, projections.input_dim))
-    params = projections.clone(parent=None).init(rng, example, example)["params"]
-    return {("simple_loss", *path): value for path, value in traverse_util.flatten_dict(params).items()}
+    fresh = {}
+    for index, name in enumerate(_TRAINING_ONLY):
+        module = getattr(model, name, None)
+        if module is not None:
+            params = module.clone(parent=None).init(jax.random.fold_in(rng, index), *module.example_inputs())
+            flat = traverse_util.flatten_dict(params["params"])
+            fresh.update({(name, *path): value for path, value in flat.items()})
+    return fresh
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -147,8 +150,9 @@ def from_torchaudio(
         state_dict: parameter name -> torch tensor or numpy array, or a path to a ``.pt``/``.pth``/``.safetensors``
             checkpoint.
         rng: initialises the parameters torchaudio has no counterpart for (the pruned RNN-T loss's
-            ``simple_loss`` projections, on a model from ``with_simple_loss_projections``), with a warning
-            that says so; default ``jax.random.key(0)``.
+            ``simple_loss`` projections, on a model from ``with_simple_loss_projections``; the auxiliary
+            ``ctc_head``, on a model from ``with_ctc_head``), with a warning that says so; default
+            ``jax.random.key(0)``.
 
     Raises:
         ConversionError: listing every missing, unexpected and mis-shaped key at once.
@@ -182,7 +186,7 @@ def from_torchaudio(
         names = sorted({".".join(path[:-1]) for path in fresh})
         warnings.warn(
             f"from_torchaudio: torchaudio has no {', '.join(names)}; initialised them freshly "
-            f"(training-only projections of the pruned RNN-T loss)",
+            f"(training-only parameters: the pruned RNN-T loss's projections, the auxiliary CTC head)",
             stacklevel=2,
         )
         converted.update(fresh)
@@ -192,9 +196,17 @@ def from_torchaudio(
 def to_torchaudio(model, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Converts Flax variables of ``model`` into a torchaudio state dict of float32 numpy arrays, which the
     torchaudio model loads with ``load_state_dict({k: torch.from_numpy(v) ...}, strict=True)``. Training-only
-    parameters (the pruned RNN-T loss's ``simple_loss`` projections) are left out."""
+    parameters are left out: the pruned RNN-T loss's ``simple_loss`` projections silently (they serve only
+    the loss), an auxiliary ``ctc_head`` with a warning (torchaudio's RNNT has no CTC head, so CTC decoding
+    with it is lost; the transducer's outputs do not use it)."""
     params = variables["params"] if "params" in variables else variables
     flat = traverse_util.flatten_dict(dict(params))
+    if "ctc_head" in params:
+        warnings.warn(
+            "to_torchaudio: torchaudio's RNNT has no CTC head; left out ctc_head (an auxiliary training "
+            "output: the transducer's outputs do not use it)",
+            stacklevel=2,
+        )
     flat = {path: value for path, value in flat.items() if not _is_training_only(path)}
     expected = _param_shapes(model)
     if set(flat) != set(expected):

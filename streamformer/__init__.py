@@ -29,6 +29,7 @@ from .transducer import (
     emformer_rnnt_model,
     joiner_fn,
     pruned_joiner_fn,
+    with_ctc_head,
     with_simple_loss_projections,
 )
 
@@ -61,5 +62,6 @@ __all__ = [
     "rnnt_prune_ranges",
     "select_streams",
     "take_streams",
+    "with_ctc_head",
     "with_simple_loss_projections",
 ]

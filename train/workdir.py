@@ -116,7 +116,10 @@ class Run:
         from .loop.step import build_model
 
         return build_model(
-            self.config.model, self.num_symbols, simple_loss_projections=self.config.optim.loss == "pruned"
+            self.config.model,
+            self.num_symbols,
+            simple_loss_projections=self.config.optim.loss == "pruned",
+            ctc_head=self.config.optim.ctc_weight > 0,
         )
 
     def restore_variables(self, step: int | None = None):

@@ -1,5 +1,5 @@
-"""The transducer (torchaudio.models.RNNT): transcriber, predictor and joiner, and the pure joiner functions
-and simple-loss projections the RNN-T losses use.
+"""The transducer (torchaudio.models.RNNT): transcriber, predictor and joiner, the pure joiner functions and
+simple-loss projections the RNN-T losses use, and an auxiliary CTC head for training.
 
 The three networks are named as torchaudio names them, so that ``convert.from_torchaudio`` maps checkpoints with
 no per-model code. Letters: B batch, T source frames, U target tokens, V vocabulary (num_symbols), D features,
@@ -24,9 +24,11 @@ from .transcriber import ConvEmformerTranscriber, EmformerTranscriber
 
 __all__ = [
     "RNNT",
+    "CTCHead",
     "SimpleLossProjections",
     "joiner_fn",
     "pruned_joiner_fn",
+    "with_ctc_head",
     "with_simple_loss_projections",
 ]
 
@@ -51,6 +53,36 @@ class SimpleLossProjections(nn.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """(B, T, D), (B, U + 1, D) -> am_logits (B, T, V), lm_logits (B, U + 1, V)."""
         return self.am_proj(source_encodings), self.lm_proj(target_encodings)
+
+    @nn.nowrap
+    def example_inputs(self) -> tuple[jax.Array, ...]:
+        example = jnp.zeros((1, 1, self.input_dim))
+        return example, example
+
+
+class CTCHead(nn.Module):
+    """An auxiliary CTC output on the transcriber's encodings: (B, T, D) -> logits (B, T, V) over the
+    transducer's own symbols, blank at the transducer's blank id. Trained beside the transducer (icefall's
+    transducers train with one: it speeds up learning the alignment); the transducer's outputs do not use it
+    and torchaudio has no counterpart (``convert.to_torchaudio`` leaves it out, with a warning)."""
+
+    input_dim: int
+    num_symbols: int
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.linear = dense(
+            self.num_symbols, fan_in=self.input_dim, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+
+    def __call__(self, source_encodings: jax.Array) -> jax.Array:
+        """(B, T, D) -> logits (B, T, V)."""
+        return self.linear(source_encodings)
+
+    @nn.nowrap
+    def example_inputs(self) -> tuple[jax.Array, ...]:
+        return (jnp.zeros((1, 1, self.input_dim)),)
 
 
 class RNNT(nn.Module):
@@ -79,6 +111,8 @@ class RNNT(nn.Module):
     joiner: Joiner
     #: Training-only projections for the pruned RNN-T loss (``with_simple_loss_projections``); None: absent.
     simple_loss: SimpleLossProjections | None = None
+    #: Training-only auxiliary CTC head on the transcriber's encodings (``with_ctc_head``); None: absent.
+    ctc_head: CTCHead | None = None
 
     # -- configuration and state -----------------------------------------------------------------
 
@@ -175,6 +209,8 @@ class RNNT(nn.Module):
         )
         if self.simple_loss is not None and self.is_initializing():
             self.simple_loss(source_encodings, target_encodings)  # creates their parameters in model.init
+        if self.ctc_head is not None and self.is_initializing():
+            self.ctc_head(source_encodings)
         return logits, source_lengths, target_lengths, predictor_state
 
     def transcribe(
@@ -253,6 +289,13 @@ class RNNT(nn.Module):
             )
         return self.simple_loss(source_encodings, target_encodings)
 
+    def ctc_logits(self, source_encodings: jax.Array) -> jax.Array:
+        """The auxiliary CTC head: transcriber encodings (B, T, D) -> logits (B, T, V). Only on a model from
+        ``with_ctc_head``."""
+        if self.ctc_head is None:
+            raise ValueError("ctc_logits: this RNNT has no CTC head; build it with with_ctc_head(model)")
+        return self.ctc_head(source_encodings)
+
 
 def joiner_fn(model: RNNT, variables) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """A pure function ``(source_encodings (B, Tc, D), target_encodings (B, U, D)) -> logits (B, Tc, U, V)``
@@ -282,12 +325,25 @@ def with_simple_loss_projections(model: RNNT) -> RNNT:
     """``model`` with the pruned RNN-T loss's two projections (encoder and predictor output -> V) added as
     ``simple_loss`` (``model.init`` creates their parameters; ``RNNT.simple_logits`` applies them). Every
     other parameter, and what ``convert.to_torchaudio`` writes, is unchanged."""
+    return _with_training_part(model, "simple_loss", SimpleLossProjections)
+
+
+def with_ctc_head(model: RNNT) -> RNNT:
+    """``model`` with an auxiliary CTC head on its transcriber's encodings added as ``ctc_head`` (its
+    parameters live beside the transducer's, under "ctc_head"; ``RNNT.ctc_logits`` applies it). Every other
+    parameter, and what ``convert.to_torchaudio`` writes, is unchanged."""
+    return _with_training_part(model, "ctc_head", CTCHead)
+
+
+def _with_training_part(model: RNNT, field: str, part: type[nn.Module]) -> RNNT:
+    """``model`` with a training-only ``part`` (encodings of dimension D -> V, the joiner's sizes and dtypes)
+    as its ``field``; ``model`` itself when it has one already."""
     if not isinstance(model, RNNT):
         raise TypeError(f"model: expected an RNNT, got {type(model).__name__}")
-    if model.simple_loss is not None:
+    if getattr(model, field) is not None:
         return model
     joiner = model.joiner
-    projections = SimpleLossProjections(
+    module = part(
         joiner.input_dim, joiner.output_dim, dtype=joiner.dtype, param_dtype=joiner.param_dtype, parent=None
     )
-    return model.clone(simple_loss=projections)
+    return model.clone(**{field: module})

@@ -4,10 +4,11 @@ other commands use for the same figures."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..config import Config
+from ..evaluation import error_rates
 from ..evaluation import evaluate as evaluate_examples
 from ..loop.loader import bucket_frames_for
 from ..loop.metrics import save_json
@@ -25,9 +26,12 @@ def evaluate_split(
     beam: int = 0,
     streaming: bool = False,
     limit: int | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> dict:
     """Error rates (and five examples) of decoding ``split`` (its first ``limit`` utterances): greedy (beam 0)
-    or beam search, offline or streaming; gathered over processes when there are several."""
+    or beam search, offline or streaming; gathered over processes when there are several. With ``groups``
+    (utterance id -> group, e.g. the espeak corpus's text sources), also the rates of each group, under
+    "groups" (utterances not in ``groups`` are left out of them)."""
     examples = run.prepare(split)[: limit or None]
     started = time.perf_counter()
     rates, hypotheses = evaluate_examples(
@@ -40,18 +44,29 @@ def evaluate_split(
         bucket_frames=bucket_frames_for(run.config, [e.features.shape[0] for e in examples]),
     )
     rates.update(split=split, seconds=round(time.perf_counter() - started, 2))
+    if groups is not None:
+        members: dict[str, list[tuple[str, str]]] = {}
+        for example, hypothesis in zip(examples, hypotheses, strict=True):
+            if example.id in groups:
+                members.setdefault(groups[example.id], []).append((example.text, hypothesis))
+        rates["groups"] = {name: error_rates(*zip(*rows)) for name, rows in sorted(members.items())}
     pairs = list(zip(examples, hypotheses, strict=True))[:5]
     rates["examples"] = [{"id": e.id, "reference": e.text, "hypothesis": h} for e, h in pairs]
     return rates
 
 
 def print_rates(rates: dict, prefix: str = "") -> None:
-    """One line of ``evaluate_split``'s rates."""
+    """One line of ``evaluate_split``'s rates, and one per group when there are groups."""
     say(
         f"{prefix}{rates['split']} {rates['mode']} {rates['search']}: WER {100 * rates['wer']:.2f}% "
         f"CER {100 * rates['cer']:.2f}% ({rates['utterances']} utterances, {rates['words']} words, "
         f"{rates['seconds']:.1f} s)"
     )
+    for name, group in rates.get("groups", {}).items():
+        say(
+            f"{prefix}  {name}: WER {100 * group['wer']:.2f}% CER {100 * group['cer']:.2f}% "
+            f"({group['utterances']} utterances, {group['words']} words)"
+        )
 
 
 def evaluate(

@@ -1,8 +1,9 @@
 """The real-speech job: ``python -m train main --data espeak``.
 
 Builds the espeak-ng English corpus (train/corpora/espeak.py) once, trains the ``speech`` preset on it, evaluates the
-test sentences read by seen and by unseen speakers separately (offline and streaming, greedy and beam), and
-streams one unseen-speaker test file through the checkpoint. The corpus is in LibriSpeech layout, so the same
+test sentences read by seen and by unseen speakers separately (offline and streaming, greedy and beam; each
+condition also per text source, with the source's out-of-vocabulary rate), and streams one unseen-speaker test
+file through the checkpoint. The corpus is in LibriSpeech layout, so the same
 preset trains on LibriSpeech itself with ``fit --preset speech --set data.train=... --set data.dev=...``.
 
 Along the way a learning curve is logged: greedy dev WER against training minutes (evaluation time not
@@ -96,12 +97,21 @@ def speech_job(
         workdir,
     )
     unseen_run.tokenizer, unseen_run.stats = run.tokenizer, run.stats
+    sources_file = corpus / "sources.json"  # absent in corpora built before there were several sources
+    sources = json.loads(sources_file.read_text()) if sources_file.exists() else None
     results = []
     for speakers, which in (("seen", run), ("unseen", unseen_run)):
         for width in (0, beam):
             for streaming in (False, True):
                 rates = evaluate_split(
-                    which, model, variables, "test", beam=width, streaming=streaming, limit=test_limit
+                    which,
+                    model,
+                    variables,
+                    "test",
+                    beam=width,
+                    streaming=streaming,
+                    limit=test_limit,
+                    groups=sources,
                 )
                 rates["speakers"] = speakers
                 print_rates(rates, prefix=f"{speakers} speakers: ")
@@ -116,6 +126,7 @@ def speech_job(
         "corpus": {
             "root": str(corpus),
             **summary_corpus["splits"],
+            **{k: summary_corpus[k] for k in ("sentences", "vocabulary", "sources") if k in summary_corpus},
             "build_seconds": summary_corpus["build_seconds"],
         },
         "steps": int(result.state.step),
@@ -123,6 +134,7 @@ def speech_job(
         "curve": curve.points,
         "test": [
             {k: r[k] for k in ("speakers", "mode", "search", "wer", "cer", "utterances", "words", "seconds")}
+            | {"sources": {name: _rates_of(group) for name, group in r.get("groups", {}).items()}}
             for r in results
         ],
         "transcribe": {"file": str(audio_path), "reference": entry.text, "hypothesis": hypothesis},
@@ -135,6 +147,10 @@ def speech_job(
         f"{100 * best['unseen']['wer']:.1f}% (unseen), greedy offline; results in {workdir / 'results.json'}"
     )
     return summary
+
+
+def _rates_of(group: dict) -> dict:
+    return {k: group[k] for k in ("wer", "cer", "utterances", "words")}
 
 
 class LearningCurve:

@@ -3,22 +3,29 @@
 Speech comes from libespeak-ng as shipped (library and voice data) by the ``espeakng-loader`` wheel, driven
 through ctypes (``corpora/espeak_engine.py``); the audio is resampled to 16 kHz.
 
-Text: real sentences (``corpora/sentences.py``: the ``fortunate`` package's fortune database). Besides reading
-each training sentence ``train_renditions`` times, the training split reads ``train_recombined`` new texts per
-training sentence, joined from 2-4-word phrases of the training sentences (``recombine_sentences``; chapter 4
-of each speaker): the 3,734 training sentences alone are few enough for a small transducer to learn by heart.
+Text: real sentences of several sources (``corpora/sentences.py``: two fortune databases and the King James
+Bible, each installed by pip), split into train, dev and test per source (no sentence in two splits or two
+sources; ``source_sentences`` caps what each source gives). The training split reads each training sentence
+``train_renditions`` times and, optionally, ``train_recombined`` new texts per training sentence joined from
+2-4-word phrases of the training sentences (``recombine_sentences``; chapter 4 of each speaker), which helped
+when the corpus had only 3,734 training sentences (a small transducer learnt them by heart).
 
 Speakers: a speaker is an English voice (accent) with a voice variant (``en-us+m3``, ``en-gb-scotland+f2``);
 every utterance also gets its own rate, pitch and pitch range, then background noise of random colour at a
 random SNR, reverberation by a synthetic exponentially decaying room response (some utterances) and a random
-level. Splits are by sentence (none shared). The test split reads each test sentence twice: once by a speaker
-seen in training and once by an unseen speaker, whose variant is never used in train or dev.
+level, and optionally a speed perturbation (``speeds``: tempo and pitch together, as Kaldi's). Splits are by
+sentence (none shared). The test split reads each test sentence twice: once by a speaker seen in training and
+once by an unseen speaker, whose variant is never used in train or dev; so each source has two test sets,
+seen and unseen voices, of the same text, and corpus.json gives each set's out-of-vocabulary rate (the share
+of its words that no training text holds).
 
 Layout (``build_corpus(root, config)``), LibriSpeech's, read by ``corpora.audio.list_librispeech``:
     root/train, root/dev, root/test: <speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac + .trans.txt
     root/test-seen.jsonl, root/test-unseen.jsonl: manifests of the two halves of root/test
     root/<split>.alignments.json: {utterance id: [[word, start s, end s], ...]} from espeak-ng's word events
-    root/speakers.json: speaker number -> voice, split use; root/corpus.json: config, sizes, build time.
+    root/speakers.json: speaker number -> voice, split use; root/sources.json: utterance id -> text source
+    ("recombined" for recombined texts); root/corpus.json: config, sizes per split and source, out-of-vocabulary
+    rates, build time.
 
 Synthesis runs on all cores. libespeak-ng keeps static state (e.g. its pitch-flutter phase) across calls and
 draws noise from the C library's rand(), so an utterance's samples depend on what the process spoke before:
@@ -46,7 +53,7 @@ import numpy as np
 from streamformer.io import atomic_directory
 
 from .espeak_engine import EspeakEngine, seed_libc_rand
-from .sentences import load_sentences, recombine_sentences, split_sentences
+from .sentences import SOURCES, interleave, load_source, oov_counts, recombine_sentences, split_by_source
 
 __all__ = [
     "SEEN_VARIANTS",
@@ -56,8 +63,10 @@ __all__ = [
     "EspeakCorpusConfig",
     "UtteranceSpec",
     "build_corpus",
+    "plan_sentences",
     "plan_utterances",
     "render_shard",
+    "text_figures",
 ]
 
 # English voices (accents) of espeak-ng's data: US, British (received pronunciation and the default), Scottish,
@@ -95,6 +104,7 @@ UNSEEN_VARIANTS = ("m4", "m7", "f4", "Gene", "linda", "aunty")
 SHARD_SIZE = 24
 _SPLIT_NUMBERS = {"train": 1, "dev": 2, "test": 3}
 _RECOMBINED_CHAPTER = 4  # the training utterances of recombined text: <speaker>-4-<utt>
+RECOMBINED = "recombined"  # the source of recombined texts (sources.json)
 
 
 @dataclass(frozen=True)
@@ -105,8 +115,10 @@ class EspeakCorpusConfig:
 
     seed: of the sentence split and of every utterance's speaker, prosody and acoustics.
     words_per_sentence: the sentences kept (inclusive range of words).
-    max_sentences: use only the first N sentences of the seeded shuffle (0: all); small builds for tests.
-    dev_sentences, test_sentences: sentences held out for dev and test (the rest train).
+    sources: the text sources (``sentences.SOURCES``), in order: a sentence of two belongs to the first.
+    source_sentences: per source, the sentences it gives (the first N of its seeded shuffle; 0: all).
+    max_sentences: use only a share of every source's splits, about N sentences in all (0: all); small builds.
+    dev_sentences, test_sentences: sentences held out for dev and test per source (the rest train).
     train_renditions: utterances per training sentence, each by its own random seen speaker.
     train_recombined: recombined training texts per training sentence (``recombine_sentences``: phrases of the
         training sentences joined anew), each read once by a random seen speaker; 0: none.
@@ -116,15 +128,18 @@ class EspeakCorpusConfig:
     reverb_probability, reverb_rt60_s: share of utterances with reverberation and its decay time;
         reverb_direct_db: the direct path's level over the reverberant tail.
     level_dbfs: RMS level of the final utterance.
+    speeds: speed perturbation factors, one drawn per utterance (> 1 faster and higher; (1.0,): none).
     """
 
     seed: int = 0
     words_per_sentence: tuple[int, int] = (4, 14)
+    sources: tuple[str, ...] = ("fortunes", "fortune-mod", "kjv")
+    source_sentences: tuple[int, ...] = (0, 0, 8000)
     max_sentences: int = 0
-    dev_sentences: int = 150
-    test_sentences: int = 200
-    train_renditions: int = 3
-    train_recombined: int = 3
+    dev_sentences: int = 50
+    test_sentences: int = 100
+    train_renditions: int = 1
+    train_recombined: int = 0
     voices: tuple[str, ...] = VOICES
     seen_variants: tuple[str, ...] = SEEN_VARIANTS
     unseen_variants: tuple[str, ...] = UNSEEN_VARIANTS
@@ -138,8 +153,21 @@ class EspeakCorpusConfig:
     reverb_direct_db: tuple[float, float] = (0.0, 10.0)
     level_dbfs: tuple[float, float] = (-35.0, -15.0)
     sample_rate: int = 16000
+    speeds: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
+        unknown = [name for name in self.sources if name not in SOURCES]
+        if not self.sources or unknown or len(set(self.sources)) < len(self.sources):
+            raise ValueError(
+                f"sources: expected distinct names of {sorted(SOURCES)}, got {list(self.sources)}"
+            )
+        if len(self.source_sentences) != len(self.sources) or min(self.source_sentences) < 0:
+            raise ValueError(
+                f"source_sentences: expected one count >= 0 (0: all) per source {list(self.sources)}, "
+                f"got {list(self.source_sentences)}"
+            )
+        if not self.speeds or not all(0.5 <= speed <= 2.0 for speed in self.speeds):
+            raise ValueError(f"speeds: expected factors in [0.5, 2], got {list(self.speeds)}")
         shared = sorted(set(self.seen_variants) & set(self.unseen_variants))
         if shared:
             raise ValueError(f"unseen_variants: expected none of seen_variants, got {shared} in both")
@@ -165,6 +193,8 @@ class UtteranceSpec:
     pitch_range: int
     seed: tuple[int, ...]
     unseen: bool
+    source: str
+    speed: float = 1.0
 
 
 def _speakers(config: EspeakCorpusConfig) -> list[tuple[str, bool]]:
@@ -177,34 +207,53 @@ def _speakers(config: EspeakCorpusConfig) -> list[tuple[str, bool]]:
     return out
 
 
-def plan_utterances(config: EspeakCorpusConfig) -> list[UtteranceSpec]:
-    sentences = load_sentences(*config.words_per_sentence)
-    splits = split_sentences(sentences, config.seed, config.dev_sentences, config.test_sentences)
+def plan_sentences(config: EspeakCorpusConfig) -> dict[str, dict[str, list[str]]]:
+    """The corpus's real sentences: {source: {"train", "dev", "test": sentences}} (``split_by_source``)."""
+    texts = {name: load_source(name, *config.words_per_sentence) for name in config.sources}
+    limits = dict(zip(config.sources, config.source_sentences))
+    splits = split_by_source(texts, config.seed, config.dev_sentences, config.test_sentences, limits)
     if config.max_sentences:
-        fraction = config.max_sentences / len(sentences)
-        splits = {name: texts[: max(1, round(len(texts) * fraction))] for name, texts in splits.items()}
+        fraction = config.max_sentences / sum(len(t) for parts in splits.values() for t in parts.values())
+        splits = {
+            name: {split: t[: max(1, round(len(t) * fraction))] for split, t in parts.items()}
+            for name, parts in splits.items()
+        }
+    return splits
+
+
+def plan_utterances(config: EspeakCorpusConfig) -> list[UtteranceSpec]:
+    """Every utterance of the corpus with its random choices; the dev and test utterances take the sources
+    in turn, so that the first N of them mix the sources."""
+    splits = plan_sentences(config)
     speakers = _speakers(config)
     seen = [i for i, (_, unseen) in enumerate(speakers) if not unseen]
     unseen = [i for i, (_, u) in enumerate(speakers) if u]
+
+    def sentences(split: str) -> list[tuple[str, str]]:  # (text, source), the sources in turn
+        return interleave([[(t, name) for t in parts[split]] for name, parts in splits.items()])
+
+    train, held_out = sentences("train"), [t for split in ("dev", "test") for t, _ in sentences(split)]
     recombined = recombine_sentences(
-        splits["train"],
-        config.train_recombined * len(splits["train"]),
+        [t for t, _ in train],
+        config.train_recombined * len(train),
         config.seed,
         *config.words_per_sentence,
-        exclude=splits["dev"] + splits["test"],
+        exclude=held_out,
     )
     chapters = _SPLIT_NUMBERS
-    readings = {  # (split, chapter): [(text, read by an unseen speaker), ...]
+    readings = {  # (split, chapter): [(text, source, read by an unseen speaker), ...]
         ("train", chapters["train"]): [
-            (t, False) for t in splits["train"] for _ in range(config.train_renditions)
+            (t, source, False) for t, source in train for _ in range(config.train_renditions)
         ],
-        ("dev", chapters["dev"]): [(t, False) for t in splits["dev"]],
-        ("test", chapters["test"]): [(t, by_unseen) for t in splits["test"] for by_unseen in (False, True)],
-        ("train", _RECOMBINED_CHAPTER): [(t, False) for t in recombined],
+        ("dev", chapters["dev"]): [(t, source, False) for t, source in sentences("dev")],
+        ("test", chapters["test"]): [
+            (t, source, by_unseen) for t, source in sentences("test") for by_unseen in (False, True)
+        ],
+        ("train", _RECOMBINED_CHAPTER): [(t, RECOMBINED, False) for t in recombined],
     }
     specs = []
     for (split, chapter), renditions in readings.items():
-        for index, (text, is_unseen) in enumerate(renditions):
+        for index, (text, source, is_unseen) in enumerate(renditions):
             rng = np.random.default_rng([config.seed, chapter, index])
             speaker = int(rng.choice(unseen if is_unseen else seen))
             specs.append(
@@ -219,6 +268,8 @@ def plan_utterances(config: EspeakCorpusConfig) -> list[UtteranceSpec]:
                     pitch_range=int(rng.integers(config.pitch_range[0], config.pitch_range[1] + 1)),
                     seed=(config.seed, chapter, index, 1),
                     unseen=is_unseen,
+                    source=source,
+                    speed=float(config.speeds[int(rng.integers(len(config.speeds)))]),
                 )
             )
     return specs
@@ -310,8 +361,10 @@ def _render(
         samples, events = engine.speak(spec.text, spec.voice, spec.rate, spec.pitch, spec.pitch_range)
         if samples.size == 0:
             raise RuntimeError(f"espeak-ng produced no audio for {spec.id} ({spec.text!r}, {spec.voice})")
-        words = _word_times(spec.text, events, samples, engine.sample_rate)
-        speech = resample(samples.astype(np.float32) / 32768.0, engine.sample_rate, config.sample_rate)
+        # Speed perturbation: the samples played at speed x the rate (tempo and pitch x speed).
+        played_at = round(engine.sample_rate * spec.speed)
+        words = _word_times(spec.text, events, samples, played_at)
+        speech = resample(samples.astype(np.float32) / 32768.0, played_at, config.sample_rate)
         speech = speech.astype(np.float64)
         rng = np.random.default_rng(spec.seed)
         if rng.uniform() < config.reverb_probability:
@@ -329,7 +382,7 @@ def _render(
         soundfile.write(str(folder / f"{spec.id}.flac"), audio, config.sample_rate, subtype="PCM_16")
         return {
             "id": spec.id, "split": spec.split, "text": spec.text, "seconds": audio.size / config.sample_rate,
-            "unseen": spec.unseen, "words": words,
+            "unseen": spec.unseen, "words": words, "source": spec.source,
         }  # fmt: skip
 
 
@@ -386,9 +439,41 @@ def _config_dict(config: EspeakCorpusConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+def text_figures(texts: list[str], vocabulary: set[str]) -> dict:
+    """Sizes of a set of utterances' ``texts`` and its out-of-vocabulary rate: the share of its words (every
+    occurrence) that are not in ``vocabulary`` (the training text's words)."""
+    oov, words = oov_counts(texts, vocabulary)
+    return {
+        "utterances": len(texts), "sentences": len(set(texts)), "words": words, "oov_words": oov,
+        "oov_rate": round(oov / max(words, 1), 4),
+    }  # fmt: skip
+
+
+def _by_source(rows: list[dict], vocabulary: set[str]) -> dict:
+    """``text_figures`` of ``rows``, in all ("all") and per source."""
+    sources = sorted({r["source"] for r in rows})
+    return {
+        "all": text_figures([r["text"] for r in rows], vocabulary),
+        **{s: text_figures([r["text"] for r in rows if r["source"] == s], vocabulary) for s in sources},
+    }
+
+
 def _write_metadata(staging: Path, results: list[dict], config: EspeakCorpusConfig, seconds: float) -> None:
     speakers = _speakers(config)
     summary: dict = {"config": _config_dict(config), "build_seconds": round(seconds, 1), "splits": {}}
+    vocabulary = {w for r in results if r["split"] == "train" for w in r["text"].split()}
+    real = {r["text"]: r["source"] for r in results if r["source"] != RECOMBINED}
+    summary["sentences"] = len(real)  # distinct real sentences (recombined texts not counted)
+    summary["vocabulary"] = len({w for text in real for w in text.split()})
+    summary["sources"] = {
+        name: {
+            "package": SOURCES[name].package,
+            "licence": SOURCES[name].licence,
+            "sentences": sum(source == name for source in real.values()),
+            "vocabulary": len({w for text, source in real.items() if source == name for w in text.split()}),
+        }
+        for name in config.sources
+    }
     for split in ("train", "dev", "test"):
         rows = [r for r in results if r["split"] == split]
         chapters: dict[tuple[str, str], list[str]] = {}
@@ -408,19 +493,25 @@ def _write_metadata(staging: Path, results: list[dict], config: EspeakCorpusConf
             "hours": round(sum(r["seconds"] for r in rows) / 3600, 3),
             "speakers": len({r["id"].split("-")[0] for r in rows}),
             "aligned": sum(r["words"] is not None for r in rows),
+            "sources": _by_source(rows, vocabulary),
         }
     summary["splits"]["train"]["recombined"] = sum(
         r["id"].split("-")[1] == str(_RECOMBINED_CHAPTER) for r in results if r["split"] == "train"
     )
     for name, unseen in (("test-seen", False), ("test-unseen", True)):
+        rows = [r for r in results if r["split"] == "test" and r["unseen"] == unseen]
         lines = []
-        for r in results:
-            if r["split"] == "test" and r["unseen"] == unseen:
-                speaker, chapter, _ = r["id"].split("-")
-                audio = f"test/{speaker}/{chapter}/{r['id']}.flac"
-                lines.append(json.dumps({"audio": audio, "text": r["text"], "id": r["id"]}))
+        for r in rows:
+            speaker, chapter, _ = r["id"].split("-")
+            audio = f"test/{speaker}/{chapter}/{r['id']}.flac"
+            lines.append(
+                json.dumps({"audio": audio, "text": r["text"], "id": r["id"], "source": r["source"]})
+            )
         (staging / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        summary["splits"][name] = {"utterances": len(lines)}
+        summary["splits"][name] = {"utterances": len(lines), "sources": _by_source(rows, vocabulary)}
+    (staging / "sources.json").write_text(
+        json.dumps({r["id"]: r["source"] for r in results}), encoding="utf-8"
+    )
     used: dict[int, set[str]] = {}
     for r in results:
         used.setdefault(int(r["id"].split("-")[0]), set()).add(r["split"])

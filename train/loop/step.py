@@ -2,7 +2,8 @@
 
 ``build_model`` turns the config into the transducer; ``make_optimizer`` is gradient clipping and Adam(W) on
 torchaudio's warm-up schedule; ``make_train_step`` returns ``train_step(state, batch) -> (state, metrics)``,
-a pure function of a ``TrainState`` that skips (and counts) steps with non-finite values.
+a pure function of a ``TrainState`` that skips (and counts) steps with non-finite values. ``ctc_losses`` is
+the auxiliary CTC head's loss (``optim.ctc_weight``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import jax.numpy as jnp
 import optax
 
 from streamformer.losses import pruned_rnnt_loss, rnnt_loss_from_encodings
-from streamformer.transducer import RNNT, joiner_fn, pruned_joiner_fn, with_simple_loss_projections
+from streamformer.transducer import (
+    RNNT,
+    joiner_fn,
+    pruned_joiner_fn,
+    with_ctc_head,
+    with_simple_loss_projections,
+)
 
 from ..config import Config, ModelConfig, OptimConfig
 from .batches import spec_augment
@@ -24,6 +31,7 @@ from .batches import spec_augment
 __all__ = [
     "TrainState",
     "build_model",
+    "ctc_losses",
     "init_state",
     "learning_rate_schedule",
     "make_eval_loss",
@@ -33,11 +41,15 @@ __all__ = [
 ]
 
 
-def build_model(config: ModelConfig, num_symbols: int, *, simple_loss_projections: bool = False) -> RNNT:
+def build_model(
+    config: ModelConfig, num_symbols: int, *, simple_loss_projections: bool = False, ctc_head: bool = False
+) -> RNNT:
     """The transducer of ``config`` with ``num_symbols`` outputs (blank included); with the pruned RNN-T
-    loss's two projections when ``simple_loss_projections`` (``optim.loss == "pruned"``)."""
+    loss's two projections when ``simple_loss_projections`` (``optim.loss == "pruned"``) and the auxiliary
+    CTC head when ``ctc_head`` (``optim.ctc_weight > 0``)."""
     model = RNNT.from_config(config.transducer(num_symbols), dtype=config.compute_dtype())
-    return with_simple_loss_projections(model) if simple_loss_projections else model
+    model = with_simple_loss_projections(model) if simple_loss_projections else model
+    return with_ctc_head(model) if ctc_head else model
 
 
 def learning_rate_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -141,14 +153,37 @@ def _pruned_losses(model: RNNT, variables, optim: OptimConfig, blank: int, step,
     return simple_scale * simple + pruned_scale * pruned, pruned
 
 
+def ctc_losses(
+    logits: jax.Array, logit_lengths: jax.Array, targets: jax.Array, target_lengths: jax.Array, blank: int
+) -> jax.Array:
+    """Per-sequence CTC losses (B,) of logits (B, T, V) with valid frames logit_lengths (B,) for targets
+    (B, U) with valid tokens target_lengths (B,) (``optax.ctc_loss``, computed in float32). A sequence with
+    fewer frames than its targets need (tokens plus repeated neighbours) has no CTC path: its loss is 0, as
+    torch's ``zero_infinity``, instead of optax's huge finite stand-in."""
+    T, U = logits.shape[1], targets.shape[1]
+    logit_paddings = (jnp.arange(T)[None] >= logit_lengths[:, None]).astype(jnp.float32)
+    valid = jnp.arange(U)[None] < target_lengths[:, None]
+    losses = optax.ctc_loss(
+        logits.astype(jnp.float32), logit_paddings, targets, (~valid).astype(jnp.float32), blank_id=blank
+    )
+    repeats = jnp.sum((targets[:, 1:] == targets[:, :-1]) & valid[:, 1:], axis=1)
+    return jnp.where(logit_lengths >= target_lengths + repeats, losses, 0.0)
+
+
 def make_loss_fn(model: RNNT, config: Config, blank: int) -> Callable:
     """``loss_fn(params, batch, rng, deterministic, step=None) -> (objective, (loss_sum, count))``; the
     objective is the RNN-T loss summed ("sum") or averaged ("mean") over the batch's valid rows. With
     ``optim.loss == "pruned"`` the objective is the warmed-up mix of the simple and pruned losses (``step``:
-    the training step, None: warm-up over) and loss_sum sums the pruned RNN-T losses."""
+    the training step, None: warm-up over) and loss_sum sums the pruned RNN-T losses. With
+    ``optim.ctc_weight`` > 0 each sequence's objective adds that weight x its CTC loss (``ctc_losses``);
+    loss_sum stays the transducer's."""
     optim, data = config.optim, config.data
     if optim.loss not in ("full", "pruned"):
         raise ValueError(f"optim.loss: expected 'full' or 'pruned', got {optim.loss!r}")
+    if not optim.ctc_weight >= 0:
+        raise ValueError(f"optim.ctc_weight: expected a number >= 0, got {optim.ctc_weight!r}")
+    if optim.ctc_weight > 0 and model.ctc_head is None:
+        raise ValueError("optim.ctc_weight: > 0 needs the CTC head: build_model(..., ctc_head=True)")
     if optim.loss == "pruned" and model.simple_loss is None:
         raise ValueError(
             'optim.loss: "pruned" needs the simple-loss projections: build_model(..., '
@@ -195,6 +230,10 @@ def make_loss_fn(model: RNNT, config: Config, blank: int) -> Callable:
                 reduction="none",
                 chunk_size=optim.loss_chunk_frames or sources.shape[1],
             )
+        if optim.ctc_weight > 0:
+            logits = model.apply(variables, sources, method=RNNT.ctc_logits)
+            ctc = ctc_losses(logits, jnp.maximum(source_lengths, 1), targets, target_lengths, blank)
+            objectives = objectives + optim.ctc_weight * ctc
         weights = batch["valid"].astype(jnp.float32)
         loss_sum, count = jnp.sum(losses * weights), jnp.sum(weights)
         objective_sum = jnp.sum(objectives * weights)
