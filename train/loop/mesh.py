@@ -60,9 +60,33 @@ class Mesh1D:
         return jax.device_put(tree, self.replicated)
 
     def jit_train_step(self, train_step: Callable) -> Callable:
-        return jax.jit(
+        jitted = jax.jit(
             train_step,
             in_shardings=(self.replicated, self.batch_sharding),
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=(0,),
         )
+        if jax.process_count() == 1:
+            return jitted
+        return _CompiledTogether(jitted)
+
+
+class _CompiledTogether:
+    """A jitted step for several processes: each batch shape is compiled ahead, then every process waits at
+    a barrier of the coordination service before running it. Compilation times differ between hosts (a
+    persistent-cache hit on one, a compile on another), and CPU collectives (gloo) give up on a peer that
+    arrives 30 s late; after the barrier, the processes enter the step's collectives together."""
+
+    def __init__(self, jitted):
+        self.jitted, self.compiled = jitted, {}
+
+    def __call__(self, state, batch):
+        key = tuple(sorted((name, value.shape) for name, value in batch.items()))
+        if key not in self.compiled:
+            self.compiled[key] = self.jitted.lower(state, batch).compile()
+            from jax._src import distributed
+
+            distributed.global_state.client.wait_at_barrier(
+                f"streamformer-train-step-compiled-{len(self.compiled)}", 30 * 60 * 1000
+            )
+        return self.compiled[key](state, batch)
