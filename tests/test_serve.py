@@ -25,20 +25,17 @@ import pytest
 import soundfile
 
 from streamformer.features import GlobalStats
-from streamformer.text import Tokenizer, train_bpe
+from streamformer.text import train_bpe
 from streamformer.train import config as config_lib
 from streamformer.train.commands.export import export_run
 from streamformer.train.commands.transcribe import read_audio, transcribe_files
 from streamformer.train.corpora import synth
 from streamformer.train.corpora.prepare import log_mel_features
-from streamformer.train.loop.checkpoint import Checkpoints
-from streamformer.train.loop.metrics import save_json
-from streamformer.train.loop.step import build_model, init_state, make_optimizer
 from streamformer.train.serve.backends import CheckpointBackend, ExportedBackend
 from streamformer.train.serve.batcher import Batcher
 from streamformer.train.serve.client import stream_audio
 from streamformer.train.serve.server import Server
-from streamformer.train.workdir import Run, must_match
+from streamformer.train.workdir import Run, write_initialised_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = [
@@ -61,19 +58,16 @@ def _initialised_run(workdir: Path, audios: list[np.ndarray]) -> config_lib.Conf
     (the joiner doubled and the blank's bias raised: the model emits a few tokens, not ten a frame)."""
     config = config_lib.apply_overrides(config_lib.preset("tiny"), MICRO)
     texts = [synth.synthesize(synth.SynthConfig(), "train", i).text for i in range(40)]
-    tokenizer = Tokenizer(train_bpe(texts, workdir / "tokenizer.model", config.data.vocab_size))
-    features = log_mel_features(audios)
-    stacked = np.concatenate(features)
-    GlobalStats.from_lists(stacked.mean(0), 1 / (stacked.std(0) + 1e-3)).save(workdir / "global_stats.json")
-    save_json(workdir / "config.json", config_lib.to_dict(config))
-    model = build_model(config.model, tokenizer.num_symbols)
-    state = init_state(model, make_optimizer(config.optim, config.loop.steps), 0)
-    joiner = state.params["joiner"]
-    linear = {"kernel": joiner["linear"]["kernel"] * 2.0, "bias": joiner["linear"]["bias"].at[-1].add(3.0)}
-    state = state.replace(params={**state.params, "joiner": {**joiner, "linear": linear}})
-    checkpoints = Checkpoints(workdir / "checkpoints", 1, must_match(config, tokenizer.num_symbols))
-    checkpoints.save(1, state, {**config_lib.to_dict(config), "num_symbols": tokenizer.num_symbols})
-    checkpoints.close()
+    tokenizer = train_bpe(texts, workdir / "tokenizer.model", config.data.vocab_size)
+    stacked = np.concatenate(log_mel_features(audios))
+    stats = GlobalStats.from_lists(stacked.mean(0), 1 / (stacked.std(0) + 1e-3))
+
+    def emitting(params):
+        linear = params["joiner"]["linear"]
+        linear = {"kernel": linear["kernel"] * 2.0, "bias": linear["bias"].at[-1].add(3.0)}
+        return {**params, "joiner": {**params["joiner"], "linear": linear}}
+
+    write_initialised_run(workdir, config, tokenizer, stats, edit_params=emitting)
     return config
 
 
