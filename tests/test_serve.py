@@ -36,27 +36,16 @@ from streamformer.train.serve.batcher import Batcher
 from streamformer.train.serve.client import stream_audio
 from streamformer.train.serve.server import Server
 from streamformer.train.workdir import Run, write_initialised_run
+from tests.test_train import micro_config
 
 ROOT = Path(__file__).resolve().parents[1]
-MICRO = [
-    "model.encoding_dim=32",
-    "model.time_reduction_input_dim=16",
-    "model.transformer_num_heads=2",
-    "model.transformer_ffn_dim=32",
-    "model.transformer_num_layers=1",
-    "model.symbol_embedding_dim=32",
-    "model.segment_length=8",
-    "model.right_context_length=4",
-    "model.transformer_left_context_length=8",
-    "data.vocab_size=24",
-]
 SLOTS = 3
 
 
 def _initialised_run(workdir: Path, audios: list[np.ndarray]) -> config_lib.Config:
     """A run folder as ``fit`` leaves it (config, tokenizer, statistics, a checkpoint), with initial weights
     (the joiner doubled and the blank's bias raised: the model emits a few tokens, not ten a frame)."""
-    config = config_lib.apply_overrides(config_lib.preset("tiny"), MICRO)
+    config = micro_config()
     texts = [synth.synthesize(synth.SynthConfig(), "train", i).text for i in range(40)]
     tokenizer = train_bpe(texts, workdir / "tokenizer.model", config.data.vocab_size)
     stacked = np.concatenate(log_mel_features(audios))
@@ -195,6 +184,36 @@ def test_exported_artifact_serves_the_same(run_dir, loaded, expected, tmp_path):
     with ServerThread(batcher) as server:
         outcomes = _run(_staggered(server.url, audios, [0.0, 0.1]))
     assert [o.transcript for o in outcomes] == [expected[str(w)] for w in wavs[:2]]
+    from streamformer.train.commands.serve import serve
+
+    with pytest.raises(
+        ValueError, match="max_streams: the artifact was exported for 2 streams, got --max-streams 5"
+    ):
+        serve(None, None, exported=tmp_path / "artifact", max_streams=5)
+    with pytest.raises(
+        ValueError, match="search: the artifact was exported with GreedySearch, got --search modified"
+    ):
+        serve(None, None, exported=tmp_path / "artifact", search="modified_beam")
+
+
+def test_bad_arguments_are_named(run_dir, tmp_path, capsys):
+    from streamformer.train.__main__ import main as cli
+
+    workdir, _, wavs = run_dir
+    cases = [
+        (["serve"], "workdir: expected --workdir RUN or --exported DIR, got neither"),
+        (["serve", "--workdir", str(workdir), "--port", "70000"], "port: expected an int in [0, 65535]"),
+        (
+            ["serve", "--workdir", str(workdir), "--max-streams", "0"],
+            "max_streams: expected a positive int, got 0",
+        ),
+        (["serve", "--exported", str(tmp_path)], "no exported artifact (manifest.json)"),
+        (["client", str(wavs[0]), "--url", "http://127.0.0.1:1/"], "url: expected a ws:// or wss:// URL"),
+        (["client", str(wavs[0]), "--url", "ws://127.0.0.1:1/"], "url: cannot connect to ws://127.0.0.1:1/"),
+    ]
+    for argv, message in cases:
+        assert cli(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
 
 
 def test_endpoints_make_segments_final_and_times_run_on(run_dir, loaded):
