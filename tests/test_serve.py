@@ -181,9 +181,11 @@ def test_exported_artifact_serves_the_same(run_dir, loaded, expected, tmp_path):
     batcher = Batcher(ExportedBackend(tmp_path / "artifact"))
     batcher.warm_up()
     audios = [read_audio(w)[0] for w in wavs[:2]]
-    with ServerThread(batcher) as server:
+    with ServerThread(batcher, idle_timeout=0.5) as server:
         outcomes = _run(_staggered(server.url, audios, [0.0, 0.1]))
+        silent = _run(_faulty(server.url, []))  # connects, then says nothing
     assert [o.transcript for o in outcomes] == [expected[str(w)] for w in wavs[:2]]
+    assert silent == ("idle: expected a message at least every 0.5 s, got none", 1008)
     from streamformer.train.commands.serve import serve
 
     with pytest.raises(
