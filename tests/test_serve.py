@@ -422,3 +422,21 @@ def test_cli_serve_compiles_listens_and_drains_on_sigterm(run_dir, cache):
         assert outcome.sent[-1][1] < audio.size or outcome.results  # stopped before the end
     err = process.stderr.read()
     assert "draining: 2 stream(s) in flight" in err and "stopped after serving 2 stream(s)" in err
+
+
+def test_a_failing_step_closes_its_streams_and_the_server_goes_on(run_dir, expected, checkpoint_server):
+    _, _, wavs = run_dir
+    batcher = checkpoint_server.server.batcher
+    tick = batcher.tick
+
+    def failing(inputs):
+        raise RuntimeError("a bug")
+
+    batcher.tick = failing
+    try:
+        error, code = _run(_faulty(checkpoint_server.url, [np.zeros(4000, "<f4").tobytes(), "Done"]))
+    finally:
+        batcher.tick = tick
+    assert (error, code) == ("the server failed to decode this stream", 1008)
+    outcome = _run(stream_audio(checkpoint_server.url, read_audio(wavs[3])[0]))
+    assert outcome.transcript == expected[str(wavs[3])]

@@ -49,8 +49,8 @@ STATIC = {"/": ("index.html", "text/html"), "/capture-worklet.js": ("capture-wor
 class _Stream:
     """One connection's side of a slot (touched only on the event loop)."""
 
-    def __init__(self, stream_id: int, slot: int, ws: web.WebSocketResponse):
-        self.id, self.slot, self.ws = stream_id, slot, ws
+    def __init__(self, stream_id: int, slot: int, ws: web.WebSocketResponse, transport):
+        self.id, self.slot, self.ws, self.transport = stream_id, slot, ws, transport
         self.inbox: list[np.ndarray] = []
         self.received = 0  # 16 kHz samples taken from the client
         self.stepped = 0  # ... of which in decoded segments
@@ -130,7 +130,7 @@ class Server:
                 await ws.send_str(protocol.error_message(reason))
                 await ws.close(code=TRY_AGAIN_LATER, message=reason.encode()[:120])
             return ws
-        stream = _Stream(next(self._ids), slot, ws)
+        stream = _Stream(next(self._ids), slot, ws, request.transport)
         self.slots[slot], self.streams[stream.id] = stream, stream
         self.served += 1
         self._poke()
@@ -216,9 +216,8 @@ class Server:
             say(f"stream {stream.id}: {MAX_PENDING_RESULTS} results not read by the client; disconnecting it")
             self._release(stream)
             stream.closing = True
-            transport = stream.ws._req.transport if stream.ws._req is not None else None  # noqa: SLF001
-            if transport is not None:
-                transport.abort()
+            if stream.transport is not None:
+                stream.transport.abort()
             stream.room.set()
             return
         stream.outbox.put_nowait(("text", text))
@@ -309,8 +308,14 @@ class Server:
                 await self._wake.wait()
                 continue
             inputs = self._inputs()
-            result = await loop.run_in_executor(self._executor, self.batcher.tick, inputs)
             owners_before = [i.owner for i in inputs]
+            try:
+                result = await loop.run_in_executor(self._executor, self.batcher.tick, inputs)
+            except Exception as error:  # a bug must not hang every stream: fail those of this tick, go on
+                say(f"error: a batch step failed ({type(error).__name__}: {error}); its streams are closed")
+                for stream in [s for s in self.slots if s is not None and s.id in owners_before]:
+                    self._fail(stream, "the server failed to decode this stream", protocol.POLICY)
+                continue
             self._deliver(result, owners_before)
 
     # ---------------------------------------------------------------------------------------------------
