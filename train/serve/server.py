@@ -13,7 +13,9 @@ connection:
   one that stops reading (``MAX_PENDING_RESULTS`` waiting) is disconnected;
 - a protocol error (``protocol.ProtocolError``), a message over the limit, or no message for
   ``idle_timeout`` seconds: ``{"error": ...}`` and a close of that connection only; a client gone mid-stream
-  frees its slot at the next tick.
+  frees its slot at the next tick;
+- the connection's handler alone reads and closes it: when the server ends a stream (its final after ``Done``,
+  an error from the batcher, the drain) the pending read is cancelled first, so the close handshake completes.
 
 SIGTERM (or SIGINT): stop listening, end every stream in flight as if it had sent ``Done`` (its finals are
 sent), close them, return. Nothing a client sends names a file or is evaluated: the page and its worklet are
@@ -144,8 +146,9 @@ class Server:
         if not (stream.ended or stream.closing):  # the client left mid-stream
             self._release(stream)
             sender.cancel()
-        try:  # after Done: until the final is out and the connection closed
-            await sender
+        try:  # the results queued (after Done: up to the final) go out, then the close handshake
+            code, reason = await sender
+            await ws.close(code=code, message=reason.encode()[:120])
         except (asyncio.CancelledError, ConnectionError, RuntimeError):
             pass
         finally:
@@ -153,13 +156,23 @@ class Server:
         return ws
 
     async def _receive(self, stream: _Stream) -> None:
-        """Reads the client's messages until ``Done``, an error, or the client leaves."""
+        """Reads the client's messages until ``Done``, an error, the client leaving, or the server closing the
+        stream (its sender done: the close handshake must not race a pending read)."""
         ws = stream.ws
         while not stream.ended:
             while not stream.room.is_set() and not stream.closing:
                 await stream.room.wait()  # backpressure: not reading lets TCP slow the client down
+            if stream.sender.done():
+                return
+            receive = asyncio.ensure_future(ws.receive(timeout=self.idle_timeout))
+            await asyncio.wait((receive, stream.sender), return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():  # the server is closing the stream
+                receive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receive
+                return
             try:
-                message = await ws.receive(timeout=self.idle_timeout)
+                message = receive.result()
             except TimeoutError:
                 raise protocol.ProtocolError(
                     f"idle: expected a message at least every {self.idle_timeout:g} s, got none"
@@ -169,20 +182,14 @@ class Server:
             if message.type == WSMsgType.BINARY:
                 self._push(stream, protocol.samples_of(message.data, self.max_message_bytes))
             elif message.type == WSMsgType.TEXT:
-                rate = protocol.parse_text(
-                    message.data,
-                    first=stream.received == 0 and stream.resampler is None,
-                    max_bytes=self.max_message_bytes,
-                )
+                first = stream.received == 0 and stream.resampler is None
+                rate = protocol.parse_text(message.data, first=first, max_bytes=self.max_message_bytes)
                 if rate is None:
                     self._end(stream)
                 elif rate != protocol.SAMPLE_RATE:
                     stream.resampler = StreamingResampler(rate, protocol.SAMPLE_RATE)
-            elif message.type == WSMsgType.ERROR and isinstance(message.data, Exception):
-                return  # aiohttp closed it (a message far over the limit, a broken frame)
-            else:  # CLOSE, CLOSING, CLOSED: the client left
+            else:  # CLOSE, CLOSING, CLOSED: the client left; ERROR: aiohttp closed it (a message far over the limit)
                 return
-        return
 
     def _push(self, stream: _Stream, samples: np.ndarray) -> None:
         if stream.resampler is not None:
@@ -201,14 +208,12 @@ class Server:
             stream.ended = True
             self._poke()
 
-    async def _send(self, stream: _Stream) -> None:
-        """Sends the stream's results in order; ("close", code, reason) ends it."""
+    async def _send(self, stream: _Stream) -> tuple[int, str]:
+        """Sends the stream's results in order until ("close", code, reason), which it returns."""
         while True:
             item = await stream.outbox.get()
             if item[0] == "close":
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await stream.ws.close(code=item[1], message=item[2].encode()[:120])
-                return
+                return item[1], item[2]
             await stream.ws.send_str(item[1])
 
     def _queue(self, stream: _Stream, text: str) -> None:
