@@ -5,13 +5,15 @@ served one per process (torchaudio's streaming example's way: a process per stre
     python benchmarks/serve_load.py --preset tiny --streams 1 4 8 16 32
     python benchmarks/serve_load.py --preset base --streams 1 4 8 12 16 --per-process 1 4 8
 
-Untrained weights serve as well as trained ones for timing (a base model with random weights and a 4096-piece
-tokenizer, written with ``write_initialised_run``). Clients (one process, asyncio) send 50 ms packets at
-real-time pace, starting at random offsets within one segment; each stream speaks ``--seconds`` of synthesized
-utterances. The server sends a result after every decoded segment, so result k is segment k's: its last
-sample is sample ((k + 1) S + R - 1) x 160 + 200 (the last frame's window end) of the stream; the latency is
-the result's arrival minus the moment the packet holding that sample was sent (the first ``--skip`` segments,
-while streams still join, are left out). A load sustains real time when p95 stays under ``--goal-ms``.
+Untrained weights serve for timing (a base model with random weights and a 4096-piece tokenizer, written with
+``write_initialised_run``), once their blank's joiner bias is raised (``--blank-bias``) so that they emit a few
+tokens a second as a trained model does, not the greedy search's worst case of 10 a frame. Clients (one
+process, asyncio) send 50 ms packets at real-time pace, starting at random offsets within one segment; each
+stream speaks ``--seconds`` of synthesized utterances. The server sends a result after every decoded segment,
+so result k is segment k's: its last sample is sample ((k + 1) S + R - 1) x 160 + 200 (the last frame's window
+end) of the stream; the latency is the result's arrival minus the moment the packet holding that sample was
+sent (the first ``--skip`` segments, while streams still join, are left out). A load sustains real time when
+p95 stays under ``--goal-ms``.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ from train.corpora import synth  # noqa: E402
 from train.serve.client import stream_audio  # noqa: E402
 
 HOP, RATE = 160, 16000
+BLANK_BIAS = 2.0  # the untrained base model then emits ~1.4 tokens a second of speech
 
 
-def make_run(preset: str, folder: Path):
-    """An untrained run of ``preset`` (its tokenizer size as the preset says) in ``folder``."""
+def make_run(preset: str, folder: Path, blank_bias: float = BLANK_BIAS):
+    """An untrained run of ``preset`` (its tokenizer size as the preset says) in ``folder``, its blank's joiner
+    bias raised by ``blank_bias``: random weights otherwise emit up to 10 tokens a frame, the greedy search's
+    worst case (10 predictor and joiner calls per frame), where a trained model emits a few a second."""
     from streamformer.features import GlobalStats
     from streamformer.text import train_bpe
     from train import config as config_lib
@@ -55,7 +60,13 @@ def make_run(preset: str, folder: Path):
     audio = [synth.synthesize(synth.SynthConfig(), "test", i).audio for i in range(20)]
     frames = np.concatenate(log_mel_features(audio))
     stats = GlobalStats.from_lists(frames.mean(0), 1 / (frames.std(0) + 1e-3))
-    write_initialised_run(folder, config, tokenizer, stats)
+
+    def like_trained(params):
+        linear = params["joiner"]["linear"]
+        linear = {**linear, "bias": linear["bias"].at[-1].add(blank_bias)}
+        return {**params, "joiner": {**params["joiner"], "linear": linear}}
+
+    write_initialised_run(folder, config, tokenizer, stats, edit_params=like_trained)
     return config
 
 
@@ -140,6 +151,7 @@ def measure(workdir, S, R, streams, seconds, per_process: bool, slots: int | Non
         "max_ms": round(float(values.max()), 1) if values.size else None,
         "final_after_done_ms": round(1000 * float(np.median(tail)), 1) if tail else None,
         "segments": int(values.size),
+        "words_per_second": round(sum(len(o.transcript.split()) for o in outcomes) / (streams * seconds), 2),
         "errors": len(errors),
         "wall_s": round(wall, 1),
         "load_1min_before": round(load_before, 2),
@@ -157,6 +169,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
     parser.add_argument("--skip", type=int, default=3, help="first segments of each stream left out")
     parser.add_argument("--goal-ms", type=float, default=300.0)
+    parser.add_argument(
+        "--blank-bias", type=float, default=BLANK_BIAS, help="added to an untrained model's blank"
+    )
     parser.add_argument(
         "--workdir",
         default=None,
@@ -176,7 +191,7 @@ def main() -> None:
 
             config = config_lib.from_dict(json.loads((workdir / "config.json").read_text()))
         else:
-            config = make_run(args.preset, workdir)
+            config = make_run(args.preset, workdir, args.blank_bias)
         S, R = config.model.segment_length, config.model.right_context_length
         rows = []
         for streams in args.streams:
