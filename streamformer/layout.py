@@ -174,6 +174,11 @@ class ChunkFeeder:
             self._pending = self._pending[:, S:]
         return ready
 
+    @property
+    def frames_to_next_chunk(self) -> int:
+        """Frames still to feed before ``feed`` returns the next chunk (a live server waits for them)."""
+        return self.layout.chunk_length - self._pending.shape[1]
+
     def finish(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """The chunks left when the streams end (none once called); past the last frame, look-ahead frames
         are zeros, as ``iter_chunks`` counts frames past the array's end."""

@@ -140,3 +140,33 @@ def test_modified_beam_export_and_bad_artifacts(model_and_variables, tmp_path):
         load_exported(tmp_path / "nothing")
     assert BLANK == exported.manifest["blank"]
     assert RNNT
+
+
+def test_search_only_reset_and_decoded_frames_match_the_live_decoder(model_and_variables, tmp_path):
+    """What a server needs at an endpoint: the frames each search decoded, and a reset of the search alone
+    (the transcriber keeps its context), as the live decoder's ``reset(..., reset_transcriber=False)``."""
+    model, variables = model_and_variables
+    export_transducer(model, variables, tmp_path / "a", batch_size=2, max_frames=16, max_tokens=MAX_TOKENS)
+    exported = load_exported(tmp_path / "a")
+    decoder = StreamingDecoder(model, variables, search=GreedySearch(), max_tokens=MAX_TOKENS)
+    live, state = decoder.init(2), exported.init_state()
+    x, lengths = padded_sources()
+    chunks = list(model.layout.iter_chunks(x[:2, :32], np.array([32, 20])))
+    for i, (chunk, chunk_lengths) in enumerate(chunks):
+        live = decoder.step(live, chunk, chunk_lengths)
+        state = exported.step(state, chunk, chunk_lengths.astype(np.int32))[0]
+        if i == 1:
+            mask = np.array([False, True])
+            live = decoder.reset(live, mask, reset_transcriber=False)
+            state = exported.reset(state, mask, search_only=True)
+        np.testing.assert_array_equal(exported.decoded_frames(state), np.asarray(live.search.frames))
+    for a, b in zip(state, jax.tree_util.tree_leaves(live)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert exported.decoded_frames(state)[1] < exported.decoded_frames(state)[0]
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    del manifest["state_paths"]  # an artifact from before the names
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    older = load_exported(tmp_path / "a")
+    np.testing.assert_array_equal(older.reset(state, np.array([True, True]))[0], older.init_state()[0])
+    with pytest.raises(ValueError, match="state_paths: .*export it again"):
+        older.reset(state, np.array([True, False]), search_only=True)

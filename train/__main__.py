@@ -1,6 +1,7 @@
-"""Command line: ``python -m train {fit,eval,transcribe,export,prepare,stats,main} ...`` (``python -m train CMD -h``;
-installed, ``python -m streamformer.train``). Only the argument parser and the dispatch live here: each command
-is a function with typed arguments in train/commands/ (the README's Training section shows them in use).
+"""Command line: ``python -m train {fit,eval,transcribe,export,prepare,serve,client,stats,main} ...``
+(``python -m train CMD -h``; installed, ``python -m streamformer.train``). Only the argument parser and the
+dispatch live here: each command is a function with typed arguments in train/commands/ (the README's Training
+section shows them in use).
 """
 
 from __future__ import annotations
@@ -88,6 +89,26 @@ def parser() -> argparse.ArgumentParser:
     prepare.add_argument("--shard-size", type=int, default=1000, help="utterances per shard")
     prepare.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
 
+    serve = command("serve", "serve live streams over WebSocket, with a browser page",
+                    workdir="none with --exported")
+    step_option(serve)
+    serve.add_argument("--exported", default=None, help="serve an exported artifact (no checkpoint)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=6006, help="port (default: 6006; 0: any free port)")
+    serve.add_argument("--max-streams", type=int, default=None,
+                       help="streams decoded at once, the compiled batch (default: 32; --exported: its batch)")
+    serve.add_argument("--search", default=None, choices=["greedy", "modified_beam"], help="default: greedy")
+    serve.add_argument("--beam", type=int, default=4, help="modified beam search width (default: 4)")
+    serve.add_argument("--buffer-seconds", type=float, default=2.0,
+                       help="audio a stream may have waiting before its connection stops reading (default: 2)")
+    serve.add_argument("--idle-timeout", type=float, default=60.0,
+                       help="seconds without a message before a stream is closed (default: 60)")
+
+    client = commands.add_parser("client", help="stream audio files to a server, print partial and final results")
+    client.add_argument("files", nargs="+", help="audio files (any rate and channels), streamed at once")
+    client.add_argument("--url", default="ws://127.0.0.1:6006/", help="server (default: ws://127.0.0.1:6006/)")
+    client.add_argument("--realtime", action="store_true", help="send at real-time pace (default: at once)")
+
     stats = commands.add_parser("stats", help="global feature statistics of a dataset")
     stats.add_argument("--data", default="synth", help="'synth', a LibriSpeech folder or a JSON-lines manifest")
     stats.add_argument("--synth-size", type=int, default=1000, help="utterances when --data synth")
@@ -117,7 +138,23 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.command == "stats":
         return stats.stats(args.data, Path(args.out), synth_size=args.synth_size)
+    if args.command == "client":
+        from .commands.serve import client
+
+        return client(args.files, args.url, realtime=args.realtime)
     initialize(args.coordinator_address, args.num_processes, args.process_id)
+    if args.command == "serve":
+        from .commands.serve import serve
+
+        workdir = Path(args.workdir) if args.workdir else None
+        if workdir is None and not args.exported:
+            raise ValueError("workdir: expected --workdir RUN or --exported DIR, got neither")
+        return serve(
+            workdir, config_for(workdir, args.preset, args.set) if workdir else None, exported=args.exported,
+            host=args.host, port=args.port, max_streams=args.max_streams, search=args.search, beam=args.beam,
+            step=args.step, compilation_cache=args.compilation_cache, buffer_seconds=args.buffer_seconds,
+            idle_timeout=args.idle_timeout,
+        )  # fmt: skip
     if args.compilation_cache and args.command != "transcribe":
         enable_compilation_cache(args.compilation_cache)
     if args.command == "main":

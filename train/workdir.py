@@ -16,6 +16,7 @@ __all__ = [
     "config_for",
     "enable_compilation_cache",
     "must_match",
+    "write_initialised_run",
     "say",
     "stored_or_preset",
 ]
@@ -143,3 +144,37 @@ class Run:
         finally:
             checkpoints.close()
         return model, {"params": state.params}, int(state.step)
+
+
+def write_initialised_run(workdir, config, tokenizer_path, stats, *, step: int = 1, edit_params=None) -> None:
+    """A run folder as ``fit`` leaves it, with a checkpoint of the model's initial (untrained) parameters:
+    config.json, tokenizer.model (copied from ``tokenizer_path``), global_stats.json (``stats``, a
+    ``GlobalStats``), checkpoints/<step>/. For serving or timing a configuration before training it (load
+    benchmarks, tests); ``edit_params(params) -> params`` may change the parameters first."""
+    import shutil
+
+    from streamformer.text import Tokenizer
+
+    from .config import to_dict
+    from .loop.checkpoint import Checkpoints
+    from .loop.metrics import save_json
+    from .loop.step import build_model, init_state, make_optimizer
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if Path(tokenizer_path).resolve() != (workdir / "tokenizer.model").resolve():
+        shutil.copyfile(tokenizer_path, workdir / "tokenizer.model")
+    num_symbols = Tokenizer(workdir / "tokenizer.model").num_symbols
+    stats.save(workdir / "global_stats.json")
+    save_json(workdir / "config.json", to_dict(config))
+    model = build_model(config.model, num_symbols, simple_loss_projections=config.optim.loss == "pruned")
+    state = init_state(model, make_optimizer(config.optim, config.loop.steps), config.loop.seed)
+    if edit_params is not None:
+        state = state.replace(params=edit_params(state.params))
+    checkpoints = Checkpoints(
+        workdir / "checkpoints", config.loop.keep_checkpoints, must_match(config, num_symbols)
+    )
+    try:
+        checkpoints.save(step, state, {**to_dict(config), "num_symbols": num_symbols})
+    finally:
+        checkpoints.close()

@@ -3,8 +3,8 @@ state in, state out) and the offline transcription, serialised into an artifact 
 the tokenizer and the feature statistics beside them. ``load_exported`` (``exported_runtime.py``, also
 copied into the artifact as ``runtime.py``) runs it with jax and numpy only.
 
-Artifact files: manifest.json (format version, config, shapes, search), step.bin and offline.bin
-(``jax.export`` serialisations), params.npz (the parameters, passed in as arguments), state.npz (a fresh
+Artifact files: manifest.json (format version, config, shapes, search, the state arrays' names), step.bin and
+offline.bin (``jax.export`` serialisations), params.npz (the parameters, passed in as arguments), state.npz (a fresh
 streaming state), tokenizer.model and global_stats.json (when given), runtime.py.
 
 Shapes are fixed at export: ``batch_size`` streams, ``max_tokens`` token slots (a stream emitting more stops
@@ -140,6 +140,11 @@ def export_transducer(
         "num_params": len(params),
         "num_state": n,
         "state_batch_axes": jax.tree_util.tree_leaves(batch_axes(state)),
+        # Each state array's place in StreamingDecoderState (".transcriber...", ".search.frames", ...): the
+        # runtime resets the search alone (an endpoint) and reads the frames decoded by name.
+        "state_paths": [
+            jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]
+        ],
         "platforms": list(step_exported.platforms),
         "jax_version": jax.__version__,
         **files,

@@ -29,7 +29,8 @@ __all__ = ["FORMAT_VERSION", "ExportedTransducer", "load_exported"]
 
 class ExportedTransducer:
     """A loaded artifact: ``manifest`` (its JSON description), ``init_state``, ``step``, ``reset``,
-    ``transcribe``, ``normalize`` (with the artifact's feature statistics) and ``decode`` (its tokenizer)."""
+    ``decoded_frames``, ``transcribe``, ``normalize`` (with the artifact's feature statistics) and ``decode``
+    (its tokenizer)."""
 
     def __init__(self, directory: str | os.PathLike, manifest: dict):
         self.directory, self.manifest = os.fspath(directory), manifest
@@ -81,15 +82,34 @@ class ExportedTransducer:
         n = m["num_state"]
         return list(out[:n]), np.asarray(out[n]), np.asarray(out[n + 1]), np.asarray(out[n + 2])
 
-    def reset(self, state, mask) -> list[np.ndarray]:
-        """The streams where mask (B,) is True started afresh."""
+    def _state_paths(self) -> list[str]:
+        paths = self.manifest.get("state_paths")
+        if paths is None:
+            raise ValueError(
+                "state_paths: this artifact does not name its state arrays (exported by an older streamformer); "
+                "export it again to reset searches alone or read the frames decoded"
+            )
+        return paths
+
+    def reset(self, state, mask, *, search_only: bool = False) -> list[np.ndarray]:
+        """The streams where mask (B,) is True started afresh; with ``search_only`` only their search state
+        (an endpoint inside a stream that goes on: the transcriber keeps its context)."""
         mask = self._check("mask", mask, (self.batch_size,)).astype(bool)
+        paths = self._state_paths() if search_only else [".search"] * len(self._state)
         fresh = []
-        for axis, new, old in zip(self.manifest["state_batch_axes"], self._state, state):
+        for path, axis, new, old in zip(paths, self.manifest["state_batch_axes"], self._state, state):
+            if not path.startswith(".search"):
+                fresh.append(np.asarray(old))
+                continue
             shape = [1] * np.ndim(old)
             shape[axis] = -1
             fresh.append(np.where(mask.reshape(shape), new, np.asarray(old)))
         return fresh
+
+    def decoded_frames(self, state) -> np.ndarray:
+        """(B,) encoder frames each stream's search decoded since its start or its last reset (what endpoint
+        rules count)."""
+        return np.asarray(state[self._state_paths().index(".search.frames")])
 
     def transcribe(self, sources, source_lengths):
         """Offline: sources (B, T' + R, F) padded to the exported width, source_lengths (B,) -> (tokens (B, L),

@@ -6,10 +6,12 @@
   :func:`compute_global_stats`.
 - :mod:`~streamformer.features.pipeline`: :class:`FeatureExtractor`, :class:`StreamingFeatureExtractor`,
   :func:`chunk_waveform` and :func:`global_stats_of_files`.
+- :mod:`~streamformer.features.live`: :class:`LiveLogMel`, the frames of live streams as their samples arrive.
 
 Everything is importable from here (``from streamformer.features import log_mel_spectrogram``).
 """
 
+from .live import LiveLogMel
 from .mel import (
     GAIN,
     HOP_LENGTH,
@@ -41,6 +43,7 @@ __all__ = [
     "SEGMENT_LENGTH",
     "FeatureExtractor",
     "GlobalStats",
+    "LiveLogMel",
     "MelConfig",
     "StreamingFeatureExtractor",
     "chunk_waveform",

@@ -38,7 +38,6 @@ __all__ = [
 
 SAMPLE_RATE = 16000
 HOP = 160  # samples per feature frame (10 ms)
-_MARGIN = 2  # frames of context each side of a feature block: the 400-sample window reaches 200 samples out
 
 
 class AudioInputError(ValueError):
@@ -88,34 +87,25 @@ def read_audio(path: str | os.PathLike, block_frames: int = 1 << 20) -> tuple[np
     return mono, "; ".join(notes)
 
 
-def _block_features(window: np.ndarray):
-    from streamformer.features import log_mel_spectrogram
-
-    return log_mel_spectrogram(window[None], np.array([window.size], np.int32))[0]
-
-
 def stream_features(audio: np.ndarray, block_frames: int = 256) -> Iterator[np.ndarray]:
     """Unnormalized log-mel frames (n, 80) of ``audio`` (N,) at 16 kHz, ``block_frames`` at a time.
 
     Together they equal the whole-file features (N // 160 + 1 frames, torchaudio's centred frames with
     reflect padding at the file's edges), but every block goes through one compiled shape whatever the
-    file's length: the audio is reflect-padded once, and each block's window carries 2 frames of context.
+    file's length: the file is fed to ``streamformer.features.LiveLogMel`` (the live streams' front end, which
+    the server uses too) ``block_frames`` frames of samples at a time.
     """
-    if audio.size < 201:  # under half a window (12.6 ms): the front end needs n_fft // 2 + 1 samples
-        audio = np.pad(audio, (0, 201 - audio.size))
-    num_frames = audio.size // HOP + 1
-    pad = _MARGIN * HOP
-    if audio.size <= pad:  # too short to reflect by 320 samples: the whole-utterance path
-        yield np.asarray(_block_features(audio.astype(np.float32)))[:num_frames]
-        return
-    padded = np.pad(audio.astype(np.float32), (pad, pad), mode="reflect")
-    width = (block_frames + 2 * _MARGIN) * HOP
-    for first in range(0, num_frames, block_frames):
-        window = padded[first * HOP : first * HOP + width]
-        if window.size < width:
-            window = np.pad(window, (0, width - window.size))
-        frames = np.asarray(_block_features(window))[_MARGIN : _MARGIN + block_frames]
-        yield frames[: num_frames - first]
+    from streamformer.features import LiveLogMel
+
+    live = LiveLogMel(1, block_frames)
+    step = block_frames * HOP
+    for begin in range(0, audio.size, step):
+        live.push(0, audio[begin : begin + step])
+        frames = live.frames()[0]
+        if frames.size:
+            yield frames
+    live.finish(0)
+    yield live.frames()[0]
 
 
 def stream_chunks(

@@ -24,7 +24,15 @@ import numpy as np
 
 from .synth import Utterance, import_soundfile
 
-__all__ = ["AudioEntry", "audio_of", "list_librispeech", "load_audio", "read_manifest", "resample"]
+__all__ = [
+    "AudioEntry",
+    "StreamingResampler",
+    "audio_of",
+    "list_librispeech",
+    "load_audio",
+    "read_manifest",
+    "resample",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,34 +69,96 @@ def _resample_table(up: int, down: int) -> tuple[int, np.ndarray, np.ndarray]:
     return reach, offsets, table
 
 
+def _check_rates(orig_sample_rate: int, target_sample_rate: int) -> tuple[int, int]:
+    """(up, down): the rational factor target / orig in lowest terms."""
+    for name, rate in (("orig_sample_rate", orig_sample_rate), ("target_sample_rate", target_sample_rate)):
+        if isinstance(rate, bool) or not isinstance(rate, int | np.integer) or rate <= 0:
+            raise ValueError(f"{name}: expected a positive integer number of Hz, got {rate!r}")
+    g = math.gcd(int(orig_sample_rate), int(target_sample_rate))
+    return int(target_sample_rate) // g, int(orig_sample_rate) // g
+
+
+def _resampled(x: np.ndarray, x_start: int, x_end: int, n: np.ndarray, up: int, down: int) -> np.ndarray:
+    """Output samples ``n`` (absolute indices) of the resampling by up / down of a signal whose samples
+    [x_start, x_start + x.size) are ``x``; samples before 0 or from ``x_end`` on are zeros."""
+    reach, offsets, table = _resample_table(up, down)
+    base, phase = np.divmod(n * down, up)
+    index = base[:, None] + offsets[None, :]
+    inside = (index >= 0) & (index < x_end)
+    local = np.clip(index - x_start, 0, max(x.size - 1, 0))
+    taps = np.where(inside, x[local] if x.size else 0.0, 0.0)
+    return np.einsum("nk,nk->n", taps, table[phase])
+
+
 def resample(waveform: np.ndarray, orig_sample_rate: int, target_sample_rate: int) -> np.ndarray:
     """Resample (N,) audio by a rational factor with a Kaiser-windowed sinc (polyphase).
 
     The low-pass sits at 0.945 of the lower Nyquist frequency with 32 zero crossings per side (Kaiser
     beta 12): about -90 dB of stop-band. Returns float32 of length ceil(N * target / orig).
+    ``StreamingResampler`` gives the same samples for audio that arrives in pieces.
     """
-    if orig_sample_rate <= 0 or target_sample_rate <= 0:
-        raise ValueError(
-            f"sample rates: expected positive integers, got {orig_sample_rate} -> {target_sample_rate}"
-        )
+    up, down = _check_rates(orig_sample_rate, target_sample_rate)
     x = np.asarray(waveform, dtype=np.float64)
     if x.ndim != 1:
         raise ValueError(f"waveform: expected shape (N,), got {x.shape}")
-    if orig_sample_rate == target_sample_rate:
+    if up == down:
         return x.astype(np.float32)
-    g = math.gcd(orig_sample_rate, target_sample_rate)
-    up, down = target_sample_rate // g, orig_sample_rate // g
-    reach, offsets, table = _resample_table(up, down)
     num_out = int(math.ceil(x.size * up / down))
-    padded = np.pad(x, (reach, reach + 1))
     out = np.empty(num_out)
-    block = max(1, 2**20 // offsets.size)
+    block = max(1, 2**20 // _resample_table(up, down)[1].size)
     for begin in range(0, num_out, block):
         n = np.arange(begin, min(begin + block, num_out))
-        base, phase = np.divmod(n * down, up)
-        taps = padded[base[:, None] + offsets[None, :] + reach]
-        out[begin : begin + n.size] = np.einsum("nk,nk->n", taps, table[phase])
+        out[begin : begin + n.size] = _resampled(x, 0, x.size, n, up, down)
     return out.astype(np.float32)
+
+
+class StreamingResampler:
+    """``resample`` for audio that arrives in pieces (a live stream): ``push`` returns the output samples
+    whose filter taps have all arrived, ``finish`` the rest; together they equal ``resample`` of the whole
+    audio. Keeps only the input samples that outputs still to come read.
+
+    Example:
+        >>> resampler = StreamingResampler(8000, 16000)
+        >>> out = [resampler.push(piece) for piece in pieces] + [resampler.finish()]
+    """
+
+    def __init__(self, orig_sample_rate: int, target_sample_rate: int):
+        self.up, self.down = _check_rates(orig_sample_rate, target_sample_rate)
+        self._reach = _resample_table(self.up, self.down)[0]
+        self._kept = np.zeros(0)  # input samples from _kept_start on
+        self._kept_start = self._received = self._emitted = 0
+
+    def _emit(self, end: int, x_end: int) -> np.ndarray:
+        n = np.arange(self._emitted, max(end, self._emitted))
+        out = (
+            _resampled(self._kept, self._kept_start, x_end, n, self.up, self.down) if n.size else np.zeros(0)
+        )
+        self._emitted = max(end, self._emitted)
+        # The next output's first tap: floor(emitted * down / up) - reach + 1.
+        keep_from = max(0, self._emitted * self.down // self.up - self._reach + 1)
+        if keep_from > self._kept_start:
+            self._kept = self._kept[keep_from - self._kept_start :]
+            self._kept_start = keep_from
+        return out.astype(np.float32)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Appends ``samples`` (n,); returns the output samples now complete (float32)."""
+        samples = np.asarray(samples, dtype=np.float64)
+        if samples.ndim != 1:
+            raise ValueError(f"samples: expected shape (n,), got {samples.shape}")
+        if self.up == self.down:
+            return samples.astype(np.float32)
+        self._kept = np.concatenate([self._kept, samples])
+        self._received += samples.size
+        # Output n reads inputs up to floor(n * down / up) + reach: complete once that one has arrived.
+        complete = max(0, -(-(self._received - self._reach) * self.up // self.down))
+        return self._emit(complete, self._received)
+
+    def finish(self) -> np.ndarray:
+        """The output samples left when the audio ends (samples past its end count as zeros)."""
+        if self.up == self.down:
+            return np.zeros(0, np.float32)
+        return self._emit(-(-self._received * self.up // self.down), self._received)
 
 
 def audio_of(item, sample_rate: int = 16000) -> np.ndarray:
