@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -55,6 +56,18 @@ def dense(
         param_dtype=param_dtype,
         name=name,
     )
+
+
+def jointly(fn, *blocks: jax.Array, axis: int = 2) -> list[jax.Array]:
+    """``fn`` applied once to ``blocks`` concatenated along ``axis``, split back into blocks of their sizes.
+
+    For the row-wise layers (Dense, layer norm, feed-forward) that a layer applies to its right-context
+    block, its segment and its summary: one matmul per weight matrix instead of one per block. A streaming
+    step multiplies a few rows by every matrix of the model, so its time is reading the weights; applying a
+    Dense layer to the segment's rows and again to the right context's rows read that layer's weights twice.
+    """
+    sizes = np.cumsum([block.shape[axis] for block in blocks])[:-1]
+    return jnp.split(fn(jnp.concatenate(blocks, axis=axis)), sizes, axis=axis)
 
 
 def layer_norm(
