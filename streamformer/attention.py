@@ -117,7 +117,7 @@ class EmformerAttention(nn.Module):
         M = masks.memory.shape[-1]
         L = state.left_context_keys.shape[1]
         left_keys, left_values = state.left_context_keys, state.left_context_values
-        kw = dict(fan_in=D, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(fan_in=D, dtype=self.dtype, param_dtype=self.param_dtype, weights=c.weights)
         gain = c.weight_init_gain(self.layer_index)
         to_query = dense(D, gain=gain, name="emb_to_query", **kw)
         to_key_value = dense(2 * D, gain=gain, name="emb_to_key_value", **kw)

@@ -51,9 +51,12 @@ class _HalfStepFeedForward(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(c.dropout)
-        h = dense(c.ffn_dim, fan_in=c.input_dim, name="module_1", **kw)(layer_norm(name="module_0", **kw)(x))
+        h = dense(c.ffn_dim, fan_in=c.input_dim, name="module_1", weights=c.weights, **kw)(
+            layer_norm(name="module_0", **kw)(x)
+        )
         h = drop(activation(c.activation, "ffn_activation")(h), deterministic=deterministic)
-        h = drop(dense(c.input_dim, fan_in=c.ffn_dim, name="module_4", **kw)(h), deterministic=deterministic)
+        h = dense(c.input_dim, fan_in=c.ffn_dim, name="module_4", weights=c.weights, **kw)(h)
+        h = drop(h, deterministic=deterministic)
         return 0.5 * h + x
 
 
@@ -73,7 +76,7 @@ class _ConvolutionModule(nn.Module):
         R, K = right_context.shape[2], self.config.kernel_size
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         pre_norm = layer_norm(name="pre_conv_0", **kw)
-        pre_linear = dense(2 * D, fan_in=D, name="pre_conv_1", **kw)
+        pre_linear = dense(2 * D, fan_in=D, name="pre_conv_1", weights=self.config.weights, **kw)
         conv = nn.Conv(
             D,
             (K,),
@@ -85,7 +88,7 @@ class _ConvolutionModule(nn.Module):
             **kw,
         )
         post_norm = layer_norm(name="post_conv_0", **kw)
-        post_linear = dense(D, fan_in=D, name="post_conv_2", **kw)
+        post_linear = dense(D, fan_in=D, name="post_conv_2", weights=self.config.weights, **kw)
         glu = lambda x: x[..., :D] * jax.nn.sigmoid(x[..., D:])  # noqa: E731
 
         # The row-wise parts run on the right context and the segment together (one read of each matrix).
@@ -194,6 +197,7 @@ class ConvEmformer(StreamingEncoder):
         tanh_on_mem, negative_inf: as for Emformer.
         ffn_activation: feed-forward activation, "relu", "gelu" or "silu".
         conv_activation: activation in the convolution module, "relu", "gelu" or "silu".
+        weights: as for Emformer (the depthwise convolution's kernel stays float32).
 
     Example:
         >>> model = ConvEmformer(64, 4, 128, 2, segment_length=4, kernel_size=3, right_context_length=1)
@@ -219,6 +223,7 @@ class ConvEmformer(StreamingEncoder):
     conv_activation: str = "silu"
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
+    weights: str = "float32"
 
     layer_class: ClassVar[type[nn.Module]] = ConvEmformerLayer
     config_names: ClassVar[dict[str, str]] = {"ffn_activation": "activation"}

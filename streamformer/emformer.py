@@ -72,8 +72,8 @@ class EmformerLayer(nn.Module):
         )
 
         drop = nn.Dropout(c.dropout)
-        ffn_in = dense(c.ffn_dim, fan_in=D, name="pos_ff_1", **norm)
-        ffn_out = dense(D, fan_in=c.ffn_dim, name="pos_ff_4", **norm)
+        ffn_in = dense(c.ffn_dim, fan_in=D, name="pos_ff_1", weights=c.weights, **norm)
+        ffn_out = dense(D, fan_in=c.ffn_dim, name="pos_ff_4", weights=c.weights, **norm)
         ffn_norm = layer_norm(name="pos_ff_0", **norm)
         output_norm = layer_norm(name="layer_norm_output", **norm)
         act = activation(c.activation)
@@ -110,6 +110,8 @@ class Emformer(StreamingEncoder):
         weight_init_scale_strategy: "depthwise", "constant" or None (gains of the query/key/value initialisation).
         tanh_on_mem: tanh on memory vectors (else clamp to [-10, 10]).
         negative_inf: score of masked attention entries.
+        weights: how the matrices are stored: "float32", or "bfloat16" or "int8" for inference
+            (``streamformer.quantize(model, variables, weights)`` makes such a model and its variables).
 
     Methods (call through ``model.apply(variables, ..., method=...)``): ``__call__`` (training/offline forward),
     ``infer`` (one streaming step), ``stream`` (a whole utterance as one scan over ``infer``) and, on the unbound
@@ -139,5 +141,6 @@ class Emformer(StreamingEncoder):
     negative_inf: float = -1e8
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
+    weights: str = "float32"
 
     layer_class: ClassVar[type[nn.Module]] = EmformerLayer
