@@ -164,12 +164,10 @@ def int8_matmul(x: jax.Array, kernel: jax.Array, scales: jax.Array) -> jax.Array
     peak = jnp.max(jnp.abs(rows), axis=1, keepdims=True)
     step = jnp.where(peak > 0, peak / 127.0, 1.0)
     quantized = jnp.round(rows / step).astype(jnp.int8)
-    # kernel (O, I) as the left operand: XLA's int8 kernels run the few rows of a streaming step several
-    # times faster this way round than as quantized @ kernel.T (benchmarks/quantize.md).
     accumulated = lax.dot_general(
-        kernel, quantized, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32
+        quantized, kernel, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32
     )
-    return (accumulated.T.astype(jnp.float32) * step * scales).reshape(*lead, kernel.shape[0])
+    return (accumulated.astype(jnp.float32) * step * scales).reshape(*lead, kernel.shape[0])
 
 
 class QuantizedDense(nn.Module):
