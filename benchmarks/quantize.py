@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -321,6 +324,81 @@ def profile(pairs: dict, chunks: list, floors: dict, repeats: int) -> None:
     print("|---|---|---|")
     for weights, what, t in rows:
         print(f"| {weights} | {what} | {1e3 * t:.2f} |")
+    for weights, (m, vs) in pairs.items():
+        thunk_profile(weights, m, vs, chunks[0], floors)
+
+
+#: Which part of a layer a thunk of the compiled step belongs to, from its op_name: the five weight matrices,
+#: the attention's products over keys and values, and everything else (layer norms, softmax, masks, state).
+_MATRICES = ("emb_to_query", "emb_to_key_value", "out_proj", "pos_ff_1", "pos_ff_4")
+
+
+def _component(op_name: str) -> tuple[int | None, str]:
+    layer = re.search(r"emformer_layers_(\d+)/", op_name)
+    matrix = next((name for name in _MATRICES if f"/{name}/" in op_name), None)
+    if layer is None:
+        return None, "outside the layers (input_linear, time reduction, output_linear, layer_norm)"
+    if matrix is not None:
+        return int(layer.group(1)), matrix
+    if "bnqhd" in op_name or "bnhqk" in op_name:
+        return int(layer.group(1)), "attention products (scores, weighted values)"
+    return int(layer.group(1)), "elementwise and reductions (layer norms, softmax, masks, state)"
+
+
+def thunk_profile(weights: str, model, variables, chunk, floors: dict, steps: int = 20) -> None:
+    """The compiled streaming step's thunks under jax.profiler (a perfetto trace), summed per component of
+    the 20 layers and per layer: ms per step, and for each weight matrix the rate at which it was read."""
+    S_R = chunk.shape[1]
+    step = jax.jit(lambda v, x, n, s: model.apply(v, x, n, s, method="transcribe_streaming"))
+    args = (variables, jnp.asarray(chunk), jnp.array([S_R], jnp.int32), model.init_transcriber_state(1))
+    op_names = {}
+    for line in step.lower(*args).compile().as_text().splitlines():
+        found = re.match(r"\s*(?:ROOT )?%(\S+) = .*op_name=\"([^\"]+)\"", line)
+        if found:
+            op_names[found.group(1)] = found.group(2)
+    for _ in range(3):
+        step(*args)[0].block_until_ready()
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            started = time.perf_counter()
+            for _ in range(steps):
+                step(*args)[0].block_until_ready()
+            wall = (time.perf_counter() - started) / steps
+        (trace_file,) = Path(tmp).rglob("perfetto_trace.json.gz")
+        with gzip.open(trace_file) as f:
+            events = json.load(f)["traceEvents"]
+    by_component, by_layer = {}, {}
+    for event in events:
+        if event.get("ph") != "X" or event.get("name") not in op_names:
+            continue
+        layer, component = _component(op_names[event["name"]])
+        seconds = event["dur"] / 1e6 / steps
+        by_component[component] = by_component.get(component, 0.0) + seconds
+        if layer is not None:
+            by_layer[layer] = by_layer.get(layer, 0.0) + seconds
+    layers = variables["params"]["transcriber"]["transformer"]
+    owner = lambda layer, name: layer["attention"] if name in layer["attention"] else layer  # noqa: E731
+    layer_bytes = {
+        name: sum(
+            nbytes(owner(layer, name)[name]) for key, layer in layers.items() if key.startswith("emformer")
+        )
+        for name in _MATRICES
+    }
+    print(
+        f"\n{weights}: thunks of the compiled step under the profiler ({steps} steps, {1e3 * wall:.2f} ms a step "
+        f"while traced; floor {1e3 * floors.get(weights, float('nan')):.2f} ms)\n"
+    )
+    print("| part of the 20 layers | ms per step | weights | read at |")
+    print("|---|---|---|---|")
+    for component, seconds in sorted(by_component.items(), key=lambda kv: -kv[1]):
+        size = layer_bytes.get(component)
+        rate = f"{size / seconds / 1e9:.1f} GB/s" if size else ""
+        print(f"| {component} | {1e3 * seconds:.2f} | {f'{size / 1e6:.1f} MB' if size else ''} | {rate} |")
+    per_layer = np.array([by_layer[i] for i in sorted(by_layer)]) * 1e3
+    print(
+        f"\nper layer: median {np.median(per_layer):.3f} ms, min {per_layer.min():.3f} ms (layer "
+        f"{int(per_layer.argmin())}), max {per_layer.max():.3f} ms (layer {int(per_layer.argmax())})"
+    )
 
 
 if __name__ == "__main__":
