@@ -155,19 +155,37 @@ def quantize_rows(matrix) -> tuple[np.ndarray, np.ndarray]:
     return values, scales
 
 
-def int8_matmul(x: jax.Array, kernel: jax.Array, scales: jax.Array) -> jax.Array:
-    """x (..., I) float times int8 weights ``kernel`` (O, I) (one output channel a row) with ``scales`` (O,):
-    (..., O) float32. Each row of x is quantised to int8 with its own symmetric scale (max |x| / 127); the dot
-    runs in int8 with int32 accumulation and is rescaled by both scales."""
-    *lead, features = x.shape
-    rows = x.reshape(-1, features).astype(jnp.float32)
+def int8_matmul(rows: jax.Array, kernel: jax.Array, scales: jax.Array) -> jax.Array:
+    """rows (N, I) float times int8 weights ``kernel`` (O, I) (one output channel a row) with ``scales`` (O,):
+    (N, O) float32. Each row is quantised to int8 with its own symmetric scale (max |row| / 127); the dot runs
+    in int8 with int32 accumulation and is rescaled by both scales."""
     peak = jnp.max(jnp.abs(rows), axis=1, keepdims=True)
     step = jnp.where(peak > 0, peak / 127.0, 1.0)
     quantized = jnp.round(rows / step).astype(jnp.int8)
     accumulated = lax.dot_general(
         quantized, kernel, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32
     )
-    return (accumulated.astype(jnp.float32) * step * scales).reshape(*lead, kernel.shape[0])
+    return accumulated.astype(jnp.float32) * step * scales
+
+
+def bfloat16_matmul(rows: jax.Array, kernel: jax.Array) -> jax.Array:
+    """rows (N, I) float times bfloat16 weights ``kernel`` (I, O): the rows rounded to bfloat16, the products
+    accumulated in float32. (N, O) float32."""
+    contract = (((1,), (0,)), ((), ()))
+    return lax.dot_general(rows.astype(jnp.bfloat16), kernel, contract, preferred_element_type=jnp.float32)
+
+
+def _by_rows(product, x: jax.Array) -> jax.Array:
+    """``product`` ((N, I) float32 -> (N, O)) of x (..., I) as rows: (..., O). A single row runs as two: XLA's
+    int8 and bfloat16 kernels have no matrix-vector form and take 10-20x longer for one row than for two (a
+    predictor step or a joiner call at batch 1 multiplies one row)."""
+    *lead, features = x.shape
+    rows = x.reshape(-1, features).astype(jnp.float32)
+    count = rows.shape[0]
+    if count == 1:
+        rows = jnp.pad(rows, ((0, 1), (0, 0)))
+    y = product(rows)[:count]
+    return y.reshape(*lead, y.shape[-1])
 
 
 class QuantizedDense(nn.Module):
@@ -187,11 +205,10 @@ class QuantizedDense(nn.Module):
         if self.weights == "int8":
             kernel = self.param("int8_kernel", nn.initializers.zeros, (outputs, inputs), jnp.int8)
             scale = self.param("scale", nn.initializers.ones, (outputs,), jnp.float32)
-            y = int8_matmul(x, kernel, scale)
+            y = _by_rows(lambda rows: int8_matmul(rows, kernel, scale), x)
         elif self.weights == "bfloat16":
             kernel = self.param("kernel", nn.initializers.zeros, (inputs, outputs), jnp.bfloat16)
-            contract = (((x.ndim - 1,), (0,)), ((), ()))
-            y = lax.dot_general(x.astype(jnp.bfloat16), kernel, contract, preferred_element_type=jnp.float32)
+            y = _by_rows(lambda rows: bfloat16_matmul(rows, kernel), x)
         else:
             raise ValueError(f"weights: expected 'bfloat16' or 'int8', got {self.weights!r}")
         if self.use_bias:

@@ -103,6 +103,8 @@ def test_quantized_dense_equals_numpy_dequantise_then_matmul(weights, rng):
     assert got.dtype == np.float32 and got.shape == (3, 5, 40)
     assert np.all(np.abs(got - want) <= tolerance)
     assert np.all(got[1, 2] == bias)  # zero row: the bias alone
+    one_row = np.asarray(jax.jit(layer.apply)({"params": params}, x[2, :1]))  # runs padded to two rows
+    np.testing.assert_allclose(one_row, got[2, :1], rtol=1e-6)
     # and close to the float32 layer (the quantisation error itself)
     exact = x @ kernel + bias
     assert np.abs(got - exact).max() <= (0.02 if weights == "int8" else 0.01) * np.abs(exact).max()
