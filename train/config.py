@@ -286,7 +286,12 @@ def preset(name: str) -> Config:
 
 
 def to_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
+    """The config as JSON-ready dicts (a run's config.json, its checkpoints' config). ``model.weights`` is left
+    out: a run's weights are always float32 (``ModelConfig`` refuses others), and leaving it out keeps the
+    checkpoints of earlier runs, written before the field existed, matching this one."""
+    blob = dataclasses.asdict(config)
+    blob["model"].pop("weights")
+    return blob
 
 
 def _convert(value, annotation, where: str):
