@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from _timing import median_time
+from _timing import emformer_matmul_chain, median_time, utterance_and_chunks
 
 from streamformer.convert import from_torchaudio, reference
 from streamformer.transducer import emformer_rnnt_base
@@ -50,11 +50,8 @@ def main() -> None:
     model = emformer_rnnt_base(4097)
     variables = from_torchaudio(model, torch_model.state_dict())
     S, R = model.segment_length, model.right_context_length
-    segments = -(-FRAMES // S)
-    T = segments * S
-    rng = np.random.default_rng(0)
-    features = rng.standard_normal((1, T + R, MELS)).astype(np.float32)
-    chunks = [features[:, i * S : i * S + S + R] for i in range(segments)]
+    features, chunks, T = utterance_and_chunks(model, FRAMES)
+    segments = len(chunks)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"jax {jax.__version__} "
@@ -106,20 +103,7 @@ def main() -> None:
 
     # The floor of a batch-1 step: one jitted chain of matmuls over the 20 layers' weight shapes
     # (query, key/value, out_proj, feed-forward) on the 5 rows of a step, nothing else.
-    layer_shapes = [(512, 512), (512, 1024), (512, 512), (512, 2048), (2048, 512)]
-    weights = [
-        [jnp.asarray(rng.standard_normal(shape), jnp.float32) * 0.02 for shape in layer_shapes]
-        for _ in range(20)
-    ]
-
-    @jax.jit
-    def chain(x, weights):
-        for w_query, w_key_value, w_out, w_in, w_ffn_out in weights:
-            attended = (x @ w_query) * (x @ w_key_value)[:, :512]
-            x = x + jnp.tanh(attended @ w_out)
-            x = x + jnp.maximum(x @ w_in, 0) @ w_ffn_out
-        return x
-
+    chain, weights = emformer_matmul_chain()
     rows = jnp.ones((5, 512), jnp.float32)
 
     def weight_read_floor():

@@ -31,6 +31,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from streamformer.quantization import is_quantized
+
 __all__ = ["ConversionError", "from_torchaudio", "to_torchaudio", "load_state_dict", "torchaudio_key"]
 
 _INDEXED = re.compile(r"^(.*)_(\d+)$")
@@ -73,6 +75,27 @@ _TRAINING_ONLY = ("simple_loss", "ctc_head")
 
 def _is_training_only(path: tuple[str, ...]) -> bool:
     return path[0] in _TRAINING_ONLY
+
+
+def _refuse_quantized(model, variables, what: str) -> None:
+    """torchaudio's models hold float32 weights: a quantised model or quantised variables
+    (``streamformer.quantize``) have no torchaudio form, and quantising is one-way."""
+    weights = getattr(getattr(model, "config", None), "weights", "float32")
+    if weights != "float32":
+        remedy = (
+            "convert into the float32 model, then quantise"
+            if what == "from_torchaudio"
+            else "convert the float32 model and variables it was quantised from"
+        )
+        raise ConversionError(
+            f"model: {what} needs a float32 model, got one with {weights} weights (from streamformer.quantize); "
+            + remedy
+        )
+    if variables is not None and is_quantized(variables=variables):
+        raise ConversionError(
+            f"variables: {what} needs float32 variables, got int8 or bfloat16 parameters (from "
+            "streamformer.quantize); convert the float32 variables they were quantised from"
+        )
 
 
 def _all_param_shapes(model) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
@@ -157,6 +180,7 @@ def from_torchaudio(
     Raises:
         ConversionError: listing every missing, unexpected and mis-shaped key at once.
     """
+    _refuse_quantized(model, None, "from_torchaudio")
     if isinstance(state_dict, (str, os.PathLike)):
         state_dict = load_state_dict(state_dict)
     if not isinstance(state_dict, Mapping):
@@ -198,7 +222,8 @@ def to_torchaudio(model, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     torchaudio model loads with ``load_state_dict({k: torch.from_numpy(v) ...}, strict=True)``. Training-only
     parameters are left out: the pruned RNN-T loss's ``simple_loss`` projections silently (they serve only
     the loss), an auxiliary ``ctc_head`` with a warning (torchaudio's RNNT has no CTC head, so CTC decoding
-    with it is lost; the transducer's outputs do not use it)."""
+    with it is lost; the transducer's outputs do not use it). Quantised variables are refused."""
+    _refuse_quantized(model, variables, "to_torchaudio")
     params = variables["params"] if "params" in variables else variables
     flat = traverse_util.flatten_dict(dict(params))
     if "ctc_head" in params:

@@ -1,8 +1,9 @@
 """streamformer: streaming speech models of the Emformer family in JAX/Flax.
 
 torchaudio's Emformer, ConvEmformer and Emformer RNN-T as Flax Linen modules with numerical parity, streaming
-as a ``lax.scan`` over segments with an explicit state pytree, the RNN-T loss, and batched jit decoding
-(``streamformer.decoding``). Front end and text: ``streamformer.features``, ``streamformer.text``.
+as a ``lax.scan`` over segments with an explicit state pytree, the RNN-T loss, batched jit decoding
+(``streamformer.decoding``) and quantised inference (``quantize``: int8 or bfloat16 weights). Front end and
+text: ``streamformer.features``, ``streamformer.text``.
 """
 
 from .attention import EmformerLayerState
@@ -18,6 +19,7 @@ from .losses import (
     rnnt_loss_simple,
     rnnt_prune_ranges,
 )
+from .quantization import is_quantized, quantize
 from .state import batch_axes, reset_streams, select_streams, take_streams
 from .streaming import EmformerState
 from .transducer import (
@@ -51,9 +53,11 @@ __all__ = [
     "conv_emformer_rnnt_model",
     "emformer_rnnt_base",
     "emformer_rnnt_model",
+    "is_quantized",
     "joiner_fn",
     "pruned_joiner_fn",
     "pruned_rnnt_loss",
+    "quantize",
     "reset_streams",
     "rnnt_loss",
     "rnnt_loss_from_encodings",

@@ -22,7 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ._nn import Dtype, dense
+from ._nn import Dtype, dense, jointly
 from .encoder_config import EncoderConfig
 from .state import push_frames
 
@@ -117,7 +117,7 @@ class EmformerAttention(nn.Module):
         M = masks.memory.shape[-1]
         L = state.left_context_keys.shape[1]
         left_keys, left_values = state.left_context_keys, state.left_context_values
-        kw = dict(fan_in=D, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(fan_in=D, dtype=self.dtype, param_dtype=self.param_dtype, weights=c.weights)
         gain = c.weight_init_gain(self.layer_index)
         to_query = dense(D, gain=gain, name="emb_to_query", **kw)
         to_key_value = dense(2 * D, gain=gain, name="emb_to_key_value", **kw)
@@ -129,8 +129,10 @@ class EmformerAttention(nn.Module):
         queries = [right_context, utterance] + ([summary[:, :, None]] if summary is not None else [])
         query = to_query(jnp.concatenate(queries, axis=2)) * (D // H) ** -0.5  # (B, N, Q, D)
 
-        rc_keys, rc_values = keys_values(right_context)
-        utt_keys, utt_values = keys_values(utterance.reshape(B, N * S, D))
+        # Keys and values of the right context and the segment in one product (one read of the weights).
+        rc_kv, utt_kv = jointly(to_key_value, right_context, utterance)
+        rc_keys, rc_values = rc_kv[..., :D], rc_kv[..., D:]
+        utt_keys, utt_values = utt_kv[..., :D].reshape(B, N * S, D), utt_kv[..., D:].reshape(B, N * S, D)
         frame_start = c.layout.segment_starts(N)
         frame_keys = gather_windows(
             jnp.concatenate([left_keys.astype(utt_keys.dtype), utt_keys], 1), frame_start, L + S

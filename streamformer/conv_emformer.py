@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks
-from ._nn import ACTIVATIONS, Dtype, activation, dense, layer_norm, torch_default_bias_init
+from ._nn import ACTIVATIONS, Dtype, activation, dense, jointly, layer_norm, torch_default_bias_init
 from .attention import EmformerAttention, EmformerLayerState, SegmentMasks
 from .encoder_config import EncoderConfig
 from .layout import SegmentLayout
@@ -51,9 +51,12 @@ class _HalfStepFeedForward(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(c.dropout)
-        h = dense(c.ffn_dim, fan_in=c.input_dim, name="module_1", **kw)(layer_norm(name="module_0", **kw)(x))
+        h = dense(c.ffn_dim, fan_in=c.input_dim, name="module_1", weights=c.weights, **kw)(
+            layer_norm(name="module_0", **kw)(x)
+        )
         h = drop(activation(c.activation, "ffn_activation")(h), deterministic=deterministic)
-        h = drop(dense(c.input_dim, fan_in=c.ffn_dim, name="module_4", **kw)(h), deterministic=deterministic)
+        h = dense(c.input_dim, fan_in=c.ffn_dim, name="module_4", weights=c.weights, **kw)(h)
+        h = drop(h, deterministic=deterministic)
         return 0.5 * h + x
 
 
@@ -73,7 +76,7 @@ class _ConvolutionModule(nn.Module):
         R, K = right_context.shape[2], self.config.kernel_size
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         pre_norm = layer_norm(name="pre_conv_0", **kw)
-        pre_linear = dense(2 * D, fan_in=D, name="pre_conv_1", **kw)
+        pre_linear = dense(2 * D, fan_in=D, name="pre_conv_1", weights=self.config.weights, **kw)
         conv = nn.Conv(
             D,
             (K,),
@@ -85,10 +88,12 @@ class _ConvolutionModule(nn.Module):
             **kw,
         )
         post_norm = layer_norm(name="post_conv_0", **kw)
-        post_linear = dense(D, fan_in=D, name="post_conv_2", **kw)
+        post_linear = dense(D, fan_in=D, name="post_conv_2", weights=self.config.weights, **kw)
         glu = lambda x: x[..., :D] * jax.nn.sigmoid(x[..., D:])  # noqa: E731
 
-        x_utterance = glu(pre_linear(pre_norm(utterance.reshape(B, N * S, D))))
+        # The row-wise parts run on the right context and the segment together (one read of each matrix).
+        x_rc, x_utterance = jointly(lambda x: glu(pre_linear(pre_norm(x))), right_context, utterance)
+        x_utterance = x_utterance.reshape(B, N * S, D)
         history = jnp.concatenate(
             [conv_cache.astype(x_utterance.dtype), x_utterance], axis=1
         )  # (B, K-1 + N*S, D)
@@ -102,21 +107,16 @@ class _ConvolutionModule(nn.Module):
             B, N, K - 1, D
         )
         new_cache = prefix[:, -1]
+        conv_rc = x_rc  # empty without right context
         if R:
-            x_rc = glu(pre_linear(pre_norm(right_context)))
             blocks = jnp.concatenate([prefix, x_rc], axis=2).reshape(B * N, K - 1 + R, D)
             conv_rc = conv(blocks).reshape(B, N, R, D)
-        else:
-            conv_rc = right_context
 
         act = activation(self.config.conv_activation, "conv_activation")
         drop = nn.Dropout(self.config.dropout)
         post = lambda y: drop(post_linear(act(post_norm(y))), deterministic=deterministic)  # noqa: E731
-        return (
-            post(conv_utterance) + utterance,
-            post(conv_rc) + right_context if R else right_context,
-            new_cache,
-        )
+        post_rc, post_utterance = jointly(post, conv_rc, conv_utterance)
+        return post_utterance + utterance, post_rc + right_context, new_cache
 
 
 class ConvEmformerLayer(nn.Module):
@@ -155,14 +155,18 @@ class ConvEmformerLayer(nn.Module):
 
         # Unlike Emformer, the summary is the mean of the raw segment, which then goes through ffn0 and the norm.
         has_memory = c.max_memory_size > 0
-        summary = (
-            ffn0(masked_segment_mean(utterance, masks.valid_frames), deterministic) if has_memory else None
-        )
-        utterance, right_context = ffn0(utterance, deterministic), ffn0(right_context, deterministic)
+        # The row-wise parts run on the right context, the segment and the summary together (``jointly``):
+        # one read of each weight matrix per step.
+        blocks = [right_context, utterance]
+        if has_memory:
+            blocks.append(masked_segment_mean(utterance, masks.valid_frames)[:, :, None])
+        blocks = jointly(lambda x: ffn0(x, deterministic), *blocks)
+        right_context, utterance = blocks[:2]
+        normed = jointly(layer_norm_input, *blocks)
         rc_out, utt_out, memory, state = EmformerAttention(c, self.layer_index, name="attention", **kw)(
-            layer_norm_input(right_context),
-            layer_norm_input(utterance),
-            layer_norm_input(summary) if has_memory else None,
+            normed[0],
+            normed[1],
+            normed[2][:, :, 0] if has_memory else None,
             memory,
             state,
             masks,
@@ -175,8 +179,9 @@ class ConvEmformerLayer(nn.Module):
             utterance, right_context, state.conv_cache, masks.valid_frames, deterministic
         )
         layer_norm_output = layer_norm(name="layer_norm_output", **kw)
-        utterance = layer_norm_output(ffn1(utterance, deterministic))
-        right_context = layer_norm_output(ffn1(right_context, deterministic))
+        right_context, utterance = jointly(
+            lambda x: layer_norm_output(ffn1(x, deterministic)), right_context, utterance
+        )
         return utterance, right_context, memory, state.replace(conv_cache=conv_cache)
 
 
@@ -192,6 +197,7 @@ class ConvEmformer(StreamingEncoder):
         tanh_on_mem, negative_inf: as for Emformer.
         ffn_activation: feed-forward activation, "relu", "gelu" or "silu".
         conv_activation: activation in the convolution module, "relu", "gelu" or "silu".
+        weights: as for Emformer (the depthwise convolution's kernel stays float32).
 
     Example:
         >>> model = ConvEmformer(64, 4, 128, 2, segment_length=4, kernel_size=3, right_context_length=1)
@@ -217,6 +223,7 @@ class ConvEmformer(StreamingEncoder):
     conv_activation: str = "silu"
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
+    weights: str = "float32"
 
     layer_class: ClassVar[type[nn.Module]] = ConvEmformerLayer
     config_names: ClassVar[dict[str, str]] = {"ffn_activation": "activation"}

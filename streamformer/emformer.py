@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ._nn import Dtype, activation, dense, layer_norm
+from ._nn import Dtype, activation, dense, jointly, layer_norm
 from .attention import EmformerAttention, EmformerLayerState, SegmentMasks
 from .encoder_config import EncoderConfig
 from .streaming import EmformerState, StreamingEncoder, masked_segment_mean
@@ -57,7 +57,9 @@ class EmformerLayer(nn.Module):
         has_memory = c.max_memory_size > 0
 
         layer_norm_input = layer_norm(name="layer_norm_input", **norm)
-        normed_utterance, normed_right_context = layer_norm_input(utterance), layer_norm_input(right_context)
+        # The right context and the segment go through the row-wise parts together (``jointly``): one read of
+        # each weight matrix per step.
+        normed_right_context, normed_utterance = jointly(layer_norm_input, right_context, utterance)
         summary = masked_segment_mean(normed_utterance, masks.valid_frames) if has_memory else None
         rc_out, utt_out, memory, state = EmformerAttention(c, self.layer_index, name="attention", **norm)(
             normed_right_context,
@@ -70,8 +72,8 @@ class EmformerLayer(nn.Module):
         )
 
         drop = nn.Dropout(c.dropout)
-        ffn_in = dense(c.ffn_dim, fan_in=D, name="pos_ff_1", **norm)
-        ffn_out = dense(D, fan_in=c.ffn_dim, name="pos_ff_4", **norm)
+        ffn_in = dense(c.ffn_dim, fan_in=D, name="pos_ff_1", weights=c.weights, **norm)
+        ffn_out = dense(D, fan_in=c.ffn_dim, name="pos_ff_4", weights=c.weights, **norm)
         ffn_norm = layer_norm(name="pos_ff_0", **norm)
         output_norm = layer_norm(name="layer_norm_output", **norm)
         act = activation(c.activation)
@@ -82,7 +84,9 @@ class EmformerLayer(nn.Module):
             x = drop(ffn_out(h), deterministic=deterministic) + x
             return output_norm(x)
 
-        return post(utt_out, utterance), post(rc_out, right_context), memory, state
+        R = right_context.shape[2]
+        output = post(jnp.concatenate([rc_out, utt_out], 2), jnp.concatenate([right_context, utterance], 2))
+        return output[:, :, R:], output[:, :, :R], memory, state
 
 
 class Emformer(StreamingEncoder):
@@ -106,6 +110,8 @@ class Emformer(StreamingEncoder):
         weight_init_scale_strategy: "depthwise", "constant" or None (gains of the query/key/value initialisation).
         tanh_on_mem: tanh on memory vectors (else clamp to [-10, 10]).
         negative_inf: score of masked attention entries.
+        weights: how the matrices are stored: "float32", or "bfloat16" or "int8" for inference
+            (``streamformer.quantize(model, variables, weights)`` makes such a model and its variables).
 
     Methods (call through ``model.apply(variables, ..., method=...)``): ``__call__`` (training/offline forward),
     ``infer`` (one streaming step), ``stream`` (a whole utterance as one scan over ``infer``) and, on the unbound
@@ -135,5 +141,6 @@ class Emformer(StreamingEncoder):
     negative_inf: float = -1e8
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
+    weights: str = "float32"
 
     layer_class: ClassVar[type[nn.Module]] = EmformerLayer

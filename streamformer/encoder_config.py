@@ -12,7 +12,7 @@ import dataclasses
 import math
 
 from . import _checks
-from ._nn import ACTIVATIONS
+from ._nn import ACTIVATIONS, WEIGHT_FORMATS
 from .layout import SegmentLayout
 
 __all__ = ["EncoderConfig"]
@@ -24,8 +24,9 @@ class EncoderConfig:
 
     The fields are torchaudio's Emformer arguments, same names, meanings and defaults, plus ConvEmformer's
     ``kernel_size`` and ``conv_activation``; ``activation`` is the feed-forward activation (ConvEmformer's
-    ``ffn_activation``). Letters: D input_dim, S segment_length, L left_context_length, R right_context_length,
-    M max_memory_size, K kernel_size.
+    ``ffn_activation``); ``weights`` how the matrices are stored: "float32" (training, conversion), or
+    "bfloat16" or "int8" for inference (``streamformer.quantize`` makes those). Letters: D input_dim,
+    S segment_length, L left_context_length, R right_context_length, M max_memory_size, K kernel_size.
     """
 
     input_dim: int
@@ -43,6 +44,7 @@ class EncoderConfig:
     negative_inf: float = -1e8
     kernel_size: int | None = None
     conv_activation: str = "silu"
+    weights: str = "float32"
 
     def __post_init__(self):
         for name in ("input_dim", "num_heads", "ffn_dim", "num_layers", "segment_length"):
@@ -64,6 +66,7 @@ class EncoderConfig:
         if self.kernel_size is not None:
             _checks.positive_int("kernel_size", self.kernel_size)
         _checks.one_of("conv_activation", self.conv_activation, list(ACTIVATIONS))
+        _checks.one_of("weights", self.weights, WEIGHT_FORMATS)
 
     @property
     def is_conv_emformer(self) -> bool:

@@ -82,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--beam", type=int, default=0, help="modified beam search width (0: greedy)")
     export.add_argument("--batch-size", type=int, default=1, help="streams / utterances per call")
     export.add_argument("--max-frames", type=int, default=1600, help="offline input frames (10 ms each)")
+    export.add_argument(
+        "--quantize",
+        choices=["int8", "bfloat16"],
+        default=None,
+        help="store the weights as int8 (about 4x smaller, faster on CPUs) or bfloat16 (streamformer.quantize)",
+    )
 
     prepare = command("prepare", "a corpus (data.train/dev/test) into a shard folder that fit reads from disk",
                       workdir=None)
@@ -205,7 +211,7 @@ def run(args: argparse.Namespace) -> dict:
             batch_size=args.batch_size, progress=not args.quiet,
         )  # fmt: skip
     return export.export(workdir, config, args.out, beam=args.beam, batch_size=args.batch_size,
-                         max_frames=args.max_frames, step=args.step)  # fmt: skip
+                         max_frames=args.max_frames, step=args.step, quantize=args.quantize)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

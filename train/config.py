@@ -38,6 +38,9 @@ class ModelConfig(TransducerConfig):
     kind: "emformer" or "conv_emformer" (ConvEmformer transcriber; only then is transformer_kernel_size used).
     num_symbols: output vocabulary V including blank; 0 means the tokenizer's vocabulary size + 1.
     dtype: computation dtype, "float32" or "bfloat16" (parameters and the loss stay float32).
+    weights (from TransducerConfig): "float32" only; training, evaluation and checkpoints use float32 weights,
+    quantised ones are made from a trained checkpoint (``python -m train export --quantize int8``,
+    ``streamformer.quantize``).
     """
 
     num_symbols: int = 0
@@ -48,7 +51,12 @@ class ModelConfig(TransducerConfig):
     def __post_init__(self):
         # Not TransducerConfig's checks: num_symbols 0 waits for the tokenizer, and the kernel size counts only
         # for kind "conv_emformer". transducer() builds the TransducerConfig, which checks every field.
-        pass
+        if self.weights != "float32":
+            raise ValueError(
+                f"model.weights: expected 'float32' (training and checkpoints hold float32 weights), got "
+                f"{self.weights!r}; quantise a trained checkpoint instead: python -m train export --quantize "
+                f"{self.weights} (or streamformer.quantize)"
+            )
 
     @property
     def encoder(self) -> str:
@@ -58,6 +66,7 @@ class ModelConfig(TransducerConfig):
         """The library's config of this model with ``num_symbols`` outputs (blank included)."""
         if self.kind not in ("emformer", "conv_emformer"):
             raise ValueError(f"model.kind: expected 'emformer' or 'conv_emformer', got {self.kind!r}")
+
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransducerConfig)}
         values.update(
             num_symbols=num_symbols,
@@ -295,7 +304,12 @@ def preset(name: str) -> Config:
 
 
 def to_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
+    """The config as JSON-ready dicts (a run's config.json, its checkpoints' config). ``model.weights`` is left
+    out: a run's weights are always float32 (``ModelConfig`` refuses others), and leaving it out keeps the
+    checkpoints of earlier runs, written before the field existed, matching this one."""
+    blob = dataclasses.asdict(config)
+    blob["model"].pop("weights")
+    return blob
 
 
 def _convert(value, annotation, where: str):

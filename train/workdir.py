@@ -3,7 +3,6 @@ checkpoints (``Run``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -58,8 +57,11 @@ def config_for(workdir, preset_name: str | None = None, overrides: list[str] | N
 
 
 def must_match(config, num_symbols: int) -> dict:
-    """The parts of a run's config that a checkpoint it resumes must have been written with."""
-    return {"model": dataclasses.asdict(config.model), "num_symbols": num_symbols}
+    """The parts of a run's config that a checkpoint it resumes must have been written with (as ``to_dict``
+    writes them: without ``model.weights``, always float32 in a run)."""
+    from .config import to_dict
+
+    return {"model": to_dict(config)["model"], "num_symbols": num_symbols}
 
 
 class Run:

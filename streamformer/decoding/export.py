@@ -4,8 +4,9 @@ the tokenizer and the feature statistics beside them. ``load_exported`` (``expor
 copied into the artifact as ``runtime.py``) runs it with jax and numpy only.
 
 Artifact files: manifest.json (format version, config, shapes, search, the state arrays' names), step.bin and
-offline.bin (``jax.export`` serialisations), params.npz (the parameters, passed in as arguments), state.npz (a fresh
-streaming state), tokenizer.model and global_stats.json (when given), runtime.py.
+offline.bin (``jax.export`` serialisations), params.npz (the parameters, passed in as arguments; bfloat16 ones
+as their uint16 bits, format 2), state.npz (a fresh streaming state), tokenizer.model and global_stats.json
+(when given), runtime.py.
 
 Shapes are fixed at export: ``batch_size`` streams, ``max_tokens`` token slots (a stream emitting more stops
 recording them: its count passes ``max_tokens``), offline inputs padded to ``max_frames``. The exported
@@ -112,7 +113,13 @@ def export_transducer(
     join = lambda name: os.path.join(os.fspath(directory), name)  # noqa: E731
     sf_io.atomic_write_bytes(join("step.bin"), bytes(step_exported.serialize()))
     sf_io.atomic_write_bytes(join("offline.bin"), bytes(offline_exported.serialize()))
-    _save_npz(join("params.npz"), {f"p{i}": np.asarray(x) for i, x in enumerate(params)})
+    stored = {}
+    for i, x in enumerate(map(np.asarray, params)):
+        if x.dtype == jnp.bfloat16:  # npz has no bfloat16: its bits, which the runtime views back
+            stored[f"p{i}.bfloat16"] = x.view(np.uint16)
+        else:
+            stored[f"p{i}"] = x
+    _save_npz(join("params.npz"), stored)
     _save_npz(join("state.npz"), {f"s{i}": np.asarray(x) for i, x in enumerate(leaves)})
     files = {}
     for key, source, name in (
@@ -126,7 +133,8 @@ def export_transducer(
             files[key] = name
     shutil.copyfile(os.path.join(os.path.dirname(__file__), "exported_runtime.py"), join("runtime.py"))
     manifest = {
-        "format_version": FORMAT_VERSION,
+        # 2 only where needed, so that loaders of format 1 still read every artifact without bfloat16
+        "format_version": 2 if any(name.endswith(".bfloat16") for name in stored) else 1,
         "config": dataclasses.asdict(model.config),
         "search": {"kind": type(search).__name__, **dataclasses.asdict(search)},
         "blank": blank,

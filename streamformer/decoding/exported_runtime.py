@@ -21,8 +21,11 @@ import os
 
 import numpy as np
 from jax import export as jax_export
+from jax import numpy as jnp
 
-FORMAT_VERSION = 1
+#: 1: the first format. 2: bfloat16 parameters (``streamformer.quantize``), which numpy's npz cannot hold, are
+#: stored as their bits (uint16) under "p<i>.bfloat16"; the exporter writes 2 only for such artifacts.
+FORMAT_VERSION = 2
 
 __all__ = ["FORMAT_VERSION", "ExportedTransducer", "load_exported"]
 
@@ -36,7 +39,10 @@ class ExportedTransducer:
         self.directory, self.manifest = os.fspath(directory), manifest
         path = lambda name: os.path.join(self.directory, name)  # noqa: E731
         with np.load(path("params.npz")) as params:
-            self._params = [params[f"p{i}"] for i in range(manifest["num_params"])]
+            self._params = [
+                params[f"p{i}"] if f"p{i}" in params else params[f"p{i}.bfloat16"].view(jnp.bfloat16)
+                for i in range(manifest["num_params"])
+            ]
         with np.load(path("state.npz")) as state:
             self._state = [state[f"s{i}"] for i in range(manifest["num_state"])]
         with open(path("step.bin"), "rb") as f:

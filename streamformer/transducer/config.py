@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from .. import _checks
-from .._nn import Dtype
+from .._nn import WEIGHT_FORMATS, Dtype
 from ..encoder_config import EncoderConfig
 from ..layout import SegmentLayout
 
@@ -27,7 +27,9 @@ class TransducerConfig:
     builds an Emformer transcriber, an integer a ConvEmformer one (with ``transformer_conv_activation``; then
     ``transformer_activation`` is its feed-forward activation). segment_length and right_context_length count
     input frames and must be multiples of time_reduction_stride. The predictor's LSTM hidden size is
-    symbol_embedding_dim. Change a field with ``dataclasses.replace`` (which validates again).
+    symbol_embedding_dim. ``weights`` is streamformer's: how every matrix is stored, "float32" (training,
+    conversion) or, for inference, "bfloat16" or "int8" (``streamformer.quantize`` makes those). Change a field
+    with ``dataclasses.replace`` (which validates again).
     """
 
     input_dim: int = 80
@@ -54,6 +56,7 @@ class TransducerConfig:
     lstm_layer_norm_epsilon: float = 1e-3
     lstm_dropout: float = 0.3
     joiner_activation: str = "relu"
+    weights: str = "float32"
 
     def __post_init__(self):
         # The transcriber's fields, then its encoder's, the predictor's and the joiner's.
@@ -79,6 +82,7 @@ class TransducerConfig:
                 f"lstm_layer_norm_epsilon: expected a positive number, got {self.lstm_layer_norm_epsilon!r}"
             )
         _checks.one_of("joiner_activation", self.joiner_activation, ["relu", "tanh"])
+        _checks.one_of("weights", self.weights, WEIGHT_FORMATS)
 
     @property
     def encoder(self) -> str:
@@ -107,6 +111,7 @@ class TransducerConfig:
             tanh_on_mem=self.transformer_tanh_on_mem,
             kernel_size=self.transformer_kernel_size,
             conv_activation=self.transformer_conv_activation,
+            weights=self.weights,
         )
 
     @property

@@ -28,7 +28,11 @@ class Joiner(TransducerPart):
 
     def setup(self):
         self.linear = dense(
-            self.output_dim, fan_in=self.input_dim, dtype=self.dtype, param_dtype=self.param_dtype
+            self.output_dim,
+            fan_in=self.input_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            weights=self.config.weights,
         )
 
     def _activation(self, joint: jax.Array) -> jax.Array:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _checks
-from .._nn import Dtype, dense, layer_norm
+from .._nn import Dtype, dense, embedding, layer_norm
 from ..state import batch_field
 from .config import TransducerPart
 
@@ -65,14 +65,16 @@ class _LSTMCell(nn.Module):
     layer_norm_epsilon: float = 1e-5
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
+    weights: str = "float32"
 
     def setup(self):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, weights=self.weights)
         self.x2g = dense(4 * self.hidden_dim, fan_in=self.input_dim, use_bias=not self.layer_norm, **kw)
         self.p2g = dense(4 * self.hidden_dim, fan_in=self.hidden_dim, use_bias=False, **kw)
         if self.layer_norm:
-            self.c_norm = layer_norm(epsilon=self.layer_norm_epsilon, **kw)
-            self.g_norm = layer_norm(epsilon=self.layer_norm_epsilon, **kw)
+            norm = dict(epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+            self.c_norm = layer_norm(**norm)
+            self.g_norm = layer_norm(**norm)
 
     def __call__(self, carry, inputs):
         hidden, cell = carry
@@ -118,9 +120,7 @@ class Predictor(TransducerPart):
     def setup(self):
         c, H = self.config, self.lstm_hidden_dim
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.embedding = nn.Embed(
-            c.num_symbols, c.symbol_embedding_dim, embedding_init=nn.initializers.normal(1.0), **kw
-        )
+        self.embedding = embedding(c.num_symbols, c.symbol_embedding_dim, weights=c.weights, **kw)
         self.input_layer_norm = layer_norm(**kw)
         self.lstm_layers = [
             CustomLSTM(
@@ -128,12 +128,13 @@ class Predictor(TransducerPart):
                 H,
                 layer_norm=c.lstm_layer_norm,
                 layer_norm_epsilon=c.lstm_layer_norm_epsilon,
+                weights=c.weights,
                 **kw,
             )
             for index in range(c.num_lstm_layers)
         ]
         self.dropout = nn.Dropout(c.lstm_dropout)
-        self.linear = dense(c.encoding_dim, fan_in=H, **kw)
+        self.linear = dense(c.encoding_dim, fan_in=H, weights=c.weights, **kw)
         self.output_layer_norm = layer_norm(**kw)
 
     @nn.nowrap

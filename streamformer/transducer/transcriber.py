@@ -90,10 +90,12 @@ class EmformerTranscriber(TransducerPart):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         transformer_dim = c.time_reduction_input_dim * c.time_reduction_stride
-        self.input_linear = dense(c.time_reduction_input_dim, fan_in=c.input_dim, use_bias=False, **kw)
+        self.input_linear = dense(
+            c.time_reduction_input_dim, fan_in=c.input_dim, use_bias=False, weights=c.weights, **kw
+        )
         self.time_reduction = TimeReduction(c.time_reduction_stride)
         self.transformer = encoder_for(c.encoder_config, **kw)
-        self.output_linear = dense(c.encoding_dim, fan_in=transformer_dim, **kw)
+        self.output_linear = dense(c.encoding_dim, fan_in=transformer_dim, weights=c.weights, **kw)
         self.layer_norm = layer_norm(**kw)
 
     @nn.nowrap

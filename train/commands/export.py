@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import streamformer
 from streamformer.decoding import GreedySearch, ModifiedBeamSearch
 from streamformer.decoding.export import export_transducer
 
@@ -28,12 +29,15 @@ def export(
     batch_size: int = 1,
     max_frames: int = 1600,
     step: int | None = None,
+    quantize: str | None = None,
 ) -> dict:
     """``export_run`` of checkpoint ``step`` (default: the latest) of the run in ``workdir``."""
     run = Run(config, workdir)
     run.load_frontend()
     model, variables, _ = run.restore_variables(step)
-    return export_run(run, model, variables, out, beam=beam, batch_size=batch_size, max_frames=max_frames)
+    return export_run(
+        run, model, variables, out, beam=beam, batch_size=batch_size, max_frames=max_frames, quantize=quantize
+    )
 
 
 def export_run(
@@ -45,11 +49,15 @@ def export_run(
     beam: int = 0,
     batch_size: int = 1,
     max_frames: int = 1600,
+    quantize: str | None = None,
 ) -> dict:
     """The decoding of ``model`` with ``variables`` as a jax.export artifact in ``out`` (greedy, or modified
-    beam search of width ``beam``), with the run's tokenizer and feature statistics."""
+    beam search of width ``beam``), with the run's tokenizer and feature statistics; with ``quantize``
+    ("int8" or "bfloat16") the weights are quantised first (``streamformer.quantize``)."""
     if not out:
         raise ValueError("out: expected --out DIRECTORY for the artifact, got none")
+    if quantize is not None:
+        model, variables = streamformer.quantize(model, variables, quantize)
     search = ModifiedBeamSearch(beam) if beam else GreedySearch()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +78,8 @@ def export_run(
         )
     size = sum(f.stat().st_size for f in Path(out).iterdir())
     print(
-        f"exported to {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s",
+        f"exported to {out} ({size / 1e6:.1f} MB, {model.config.weights} weights) in "
+        f"{time.perf_counter() - started:.1f} s",
         file=sys.stderr,
     )
     return manifest

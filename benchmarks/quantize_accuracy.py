@@ -1,0 +1,80 @@
+"""Accuracy of quantised weights on a trained model: test WER and CER with float32, int8 and bfloat16 weights
+(``streamformer.quantize``), offline and streaming, greedy and modified beam search, and the change from
+float32 in points (the goal: at most 0.2 points absolute).
+
+Run: ``python benchmarks/quantize_accuracy.py --workdir runs/main [--beam 4] [--split test] [--limit N]``
+(a workdir of ``python -m train main`` or of any run with a checkpoint; the real-speech job's splits are
+``test_seen`` and ``test_unseen``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import streamformer
+from streamformer.train.commands.batch_transcribe import transcribe_features
+from streamformer.train.evaluation import error_rates
+from streamformer.train.workdir import Run, config_for
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--split", nargs="+", default=["test"])
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--weights", nargs="+", default=["float32", "int8", "bfloat16"])
+    args = parser.parse_args()
+
+    run = Run(config_for(args.workdir), Path(args.workdir))
+    run.load_frontend()
+    model, variables, step = run.restore_variables()
+    pairs = {"float32": (model, variables)}
+    for weights in args.weights:
+        if weights != "float32":
+            pairs[weights] = streamformer.quantize(model, variables, weights)
+    print(
+        f"workdir {args.workdir}, step {step}; {platform.processor() or platform.machine()}, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
+    print("\n| split | search | mode | weights | WER | CER | WER change (points) |")
+    print("|---|---|---|---|---|---|---|")
+    for split in args.split:
+        examples = run.prepare(split)[: args.limit or None]
+        references = [e.text for e in examples]
+        for search in ("greedy", "modified_beam"):
+            for streaming in (False, True):
+                float_wer = None
+                for weights in args.weights:
+                    model_w, variables_w = pairs[weights]
+                    started = time.perf_counter()
+                    results = transcribe_features(
+                        model_w,
+                        variables_w,
+                        run.tokenizer,
+                        [e.features for e in examples],
+                        search=search,
+                        beam=args.beam,
+                        streaming=streaming,
+                        batch_size=32,
+                    )
+                    rates = error_rates(references, [r["text"] for r in results])
+                    wer = 100 * rates["wer"]
+                    float_wer = wer if weights == "float32" else float_wer
+                    change = "" if float_wer is None or weights == "float32" else f"{wer - float_wer:+.2f}"
+                    name = search if search == "greedy" else f"{search} {args.beam}"
+                    print(
+                        f"| {split} ({len(examples)}) | {name} | {'streaming' if streaming else 'offline'} | "
+                        f"{weights} | {wer:.2f} % | {100 * rates['cer']:.2f} % | {change} |  "
+                        f"<!-- {time.perf_counter() - started:.1f} s -->",
+                        flush=True,
+                    )
+    print(f"\nload at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
