@@ -15,7 +15,8 @@ Sections (``--sections``, default all):
 - ``streams``: 32 streams of 10 s as one ``transcribe_in_segments`` scan (batch 32) against torchaudio's
   one-stream loop times 32.
 - ``export``: ``export_transducer`` (greedy, batch 1) per weight type: artifact size, and in a fresh process
-  the time to load it (``load_exported``) and of its first and second streaming steps (the first compiles).
+  the time to load it (``load_exported``) and of its first and later streaming steps (the first compiles; a
+  step decodes too: transcriber, then the predictor and joiner on each of its 4 frames).
 - ``profile``: where the float32 step's time goes: the step, the 20 layers' matmuls alone as a bare jitted
   chain (same shapes, 5 rows), one greedy ``StreamingDecoder`` step (transcriber + predictor + joiner), the
   predictor step and the joiner alone, and a jitted call that only passes the parameters through
@@ -238,13 +239,17 @@ def main() -> None:
         )
 
     if "export" in sections:
-        print("\nExported artifact (greedy, batch 1, offline program for 1600 frames)")
+        print(
+            "\nExported artifact (greedy search, at most one token a frame; batch 1; offline program for 1600 "
+            "frames). Step: the exported streaming step (transcriber, then predictor and joiner for 4 frames)"
+        )
         print("\n| weights | artifact | params.npz | load (fresh process) | first step (compiles) | step |")
         print("|---|---|---|---|---|---|")
         for weights, (m, vs) in pairs.items():
             with tempfile.TemporaryDirectory() as tmp:
                 directory = Path(tmp) / "artifact"
-                export_transducer(m, vs, directory, search=GreedySearch(), batch_size=1)
+                search = GreedySearch(max_symbols_per_step=1)  # random weights emit at every chance
+                export_transducer(m, vs, directory, search=search, batch_size=1)
                 size = sum(f.stat().st_size for f in directory.iterdir())
                 params = (directory / "params.npz").stat().st_size
                 child = subprocess.run(
