@@ -16,6 +16,7 @@ model or variables, and quantising is one-way (keep the float32 variables to tra
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,11 @@ __all__ = ["QUANTIZED_FORMATS", "is_quantized", "quantize"]
 QUANTIZED_FORMATS = tuple(w for w in WEIGHT_FORMATS if w != "float32")
 
 
+def _dtype(leaf):
+    """A leaf's dtype without copying it (jax and numpy arrays carry one; anything else is read by numpy)."""
+    return getattr(leaf, "dtype", None) or np.asarray(leaf).dtype
+
+
 def _model_weights(model) -> str:
     if not isinstance(model, (RNNT, StreamingEncoder)):
         raise TypeError(
@@ -45,10 +51,7 @@ def is_quantized(model=None, variables=None) -> bool:
     if model is not None and _model_weights(model) != "float32":
         return True
     if variables is not None:
-        return any(
-            jnp.asarray(leaf).dtype in (jnp.int8, jnp.bfloat16)
-            for leaf in jax.tree_util.tree_leaves(variables)
-        )
+        return any(_dtype(leaf) in (jnp.int8, jnp.bfloat16) for leaf in jax.tree_util.tree_leaves(variables))
     return False
 
 
@@ -112,12 +115,12 @@ def quantize(model, variables, weights: str):
             f"model: expected a float32 model, got one whose weights are already {current!r}; quantise the "
             "float32 model and its variables"
         )
-    if not isinstance(variables, dict) or "params" not in variables:
+    if not isinstance(variables, Mapping) or "params" not in variables:
         raise TypeError(
             "variables: expected the model's variables, a dict with 'params', got "
             + (
                 f"a dict with keys {sorted(variables)}"
-                if isinstance(variables, dict)
+                if isinstance(variables, Mapping)
                 else type(variables).__name__
             )
         )
@@ -133,9 +136,9 @@ def quantize(model, variables, weights: str):
     problems = sorted("/".join(p) for p in set(expected) ^ set(source))
     problems += [
         f"{'/'.join(p)}: expected {expected[p].shape} {expected[p].dtype}, got "
-        f"{np.shape(source[p])} {jnp.asarray(source[p]).dtype}"
+        f"{np.shape(source[p])} {_dtype(source[p])}"
         for p in sorted(set(expected) & set(source))
-        if np.shape(source[p]) != expected[p].shape or jnp.asarray(source[p]).dtype != jnp.float32
+        if np.shape(source[p]) != expected[p].shape or _dtype(source[p]) != jnp.float32
     ]
     if problems:
         raise ValueError(
