@@ -10,13 +10,13 @@ the predictor's embedding) is stored as "float32" (training, conversion), "bfloa
 layer each format needs, so no model module knows about formats beyond passing ``weights`` on.
 
 - "bfloat16": the kernel in bfloat16; activations are rounded to bfloat16 and the product accumulates in
-  float32 (the matmul GPUs and TPUs run natively).
+  float32 (the matmul GPUs and TPUs run natively, and CPUs with AVX512-BF16 or AMX for many rows).
 - "int8": the kernel as int8 rows, one per output channel, with one symmetric float32 scale each
   (``quantize_rows``); at run time each row of activations is quantised to int8 with its own scale and the
   product runs as XLA's int8 x int8 -> int32 dot, rescaled by both scales (torch's dynamic quantisation, with
   per-row rather than per-tensor activation scales). Dequantising the weights to float32 before a float
   matmul would be the exact weight-only form, but XLA on CPUs does not fuse that conversion into the dot: it
-  writes the whole float32 matrix first and ran 3x slower than float32 weights (benchmarks/quantize.md).
+  writes the whole float32 matrix first and ran 3-6x slower than float32 weights (benchmarks/quantize.md).
 """
 
 from __future__ import annotations
