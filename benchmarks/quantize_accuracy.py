@@ -2,9 +2,10 @@
 (``streamformer.quantize``), offline and streaming, greedy and modified beam search, and the change from
 float32 in points (the goal: at most 0.2 points absolute).
 
-Run: ``python benchmarks/quantize_accuracy.py --workdir runs/main [--beam 4] [--split test] [--limit N]``
-(a workdir of ``python -m train main`` or of any run with a checkpoint; the real-speech job's splits are
-``test_seen`` and ``test_unseen``).
+Run: ``python benchmarks/quantize_accuracy.py --workdir runs/main [--beam 4] [--split test] [--limit N]
+[--set data.test=...]`` (a workdir of ``python -m train main`` or of any run with a checkpoint; ``--set``
+overrides the run's config as the trainer's does: the real-speech job's test set of unseen speakers is
+``--set data.test=<corpus>/test-unseen.jsonl``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ def main() -> None:
     parser.add_argument("--split", nargs="+", default=["test"])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--weights", nargs="+", default=["float32", "int8", "bfloat16"])
+    parser.add_argument("--set", action="append", default=[], help="config override, e.g. data.test=...")
     args = parser.parse_args()
 
-    run = Run(config_for(args.workdir), Path(args.workdir))
+    run = Run(config_for(args.workdir, overrides=args.set), Path(args.workdir))
     run.load_frontend()
     model, variables, step = run.restore_variables()
     pairs = {"float32": (model, variables)}
@@ -38,8 +40,8 @@ def main() -> None:
         if weights != "float32":
             pairs[weights] = streamformer.quantize(model, variables, weights)
     print(
-        f"workdir {args.workdir}, step {step}; {platform.processor() or platform.machine()}, "
-        f"load {os.getloadavg()[0]:.1f}"
+        f"workdir {args.workdir}, step {step}, test {run.config.data.test}; "
+        f"{platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.1f}"
     )
     print("\n| split | search | mode | weights | WER | CER | WER change (points) |")
     print("|---|---|---|---|---|---|---|")

@@ -7,7 +7,8 @@ one jitted chain on the 5 rows of a streaming step, with each way of storing and
 - int8 weights, weight-only: dequantised to float32 inside the jit, then the float32 dot (exact weight-only
   quantisation; fast only if XLA fuses the conversion into the dot);
 - int8 weights, dynamic activations: ``streamformer._nn.int8_matmul`` (each row quantised to int8, XLA's
-  int8 x int8 -> int32 dot), what ``streamformer.quantize(..., "int8")`` uses;
+  int8 x int8 -> int32 dot), what ``streamformer.quantize(..., "int8")`` uses, and the same with the kernel
+  stored (out, in);
 - qwix (``pip install qwix``): post-training quantisation of flax Dense layers, weight-only and with dynamic
   int8 activations;
 - AQT (``pip install aqtp``): ``AqtDotGeneral`` with ``config_v4`` (int8 both sides), weights frozen to int8
@@ -65,6 +66,15 @@ class Chain(nn.Module):
         return x
 
 
+def _out_in_product(x, weight, dimensions):
+    """int8_matmul with the kernel stored (out, in)."""
+    kernel, scales = weight
+    peak = jnp.max(jnp.abs(x), axis=1, keepdims=True)
+    step = jnp.where(peak > 0, peak / 127.0, 1.0)
+    quantized = jnp.round(x / step).astype(jnp.int8)
+    return lax.dot_general(quantized, kernel, dimensions, preferred_element_type=jnp.int32) * step * scales
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=30)
@@ -83,10 +93,9 @@ def main() -> None:
 
     f32 = [[jnp.asarray(w) for w in layer] for layer in floats]
     bf16 = [[jnp.asarray(w, jnp.bfloat16) for w in layer] for layer in floats]
-    int8 = [
-        [tuple(map(jnp.asarray, quantize_rows(w.T))) for w in layer] for layer in floats
-    ]  # (out, in), (out,)
-    int8_in_out = [[(q.T, s) for q, s in layer] for layer in int8]
+    # int8 kernels as streamformer stores them, (in, out) with one scale per output channel; and (out, in)
+    int8_out_in = [[tuple(map(jnp.asarray, quantize_rows(w.T))) for w in layer] for layer in floats]
+    int8 = [[(q.T, s) for q, s in layer] for layer in int8_out_in]
     n = sum(w.size for layer in floats for w in layer)
     contract = (((1,), (0,)), ((), ()))
     timed("float32, XLA dot", chain(lambda x, w: x @ w), f32, 4 * n)
@@ -109,13 +118,20 @@ def main() -> None:
     timed(
         "int8 weight-only: dequantised to float32 in the jit, float32 dot",
         chain(lambda x, w: (x @ w[0].astype(jnp.float32)) * w[1]),
-        int8_in_out,
+        int8,
         n,
     )
     timed(
         "int8 weights, dynamic int8 activations, XLA int8 dot (streamformer)",
         chain(lambda x, w: int8_matmul(x, *w)),
         int8,
+        n,
+    )
+    out_in = (((1,), (1,)), ((), ()))
+    timed(
+        "the same with the int8 kernel stored (out, in)",
+        chain(lambda x, w: _out_in_product(x, w, out_in)),
+        int8_out_in,
         n,
     )
 

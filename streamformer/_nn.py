@@ -10,13 +10,14 @@ the predictor's embedding) is stored as "float32" (training, conversion), "bfloa
 layer each format needs, so no model module knows about formats beyond passing ``weights`` on.
 
 - "bfloat16": the kernel in bfloat16; activations are rounded to bfloat16 and the product accumulates in
-  float32 (the matmul GPUs and TPUs run natively).
-- "int8": the kernel as int8 rows, one per output channel, with one symmetric float32 scale each
-  (``quantize_rows``); at run time each row of activations is quantised to int8 with its own scale and the
-  product runs as XLA's int8 x int8 -> int32 dot, rescaled by both scales (torch's dynamic quantisation, with
-  per-row rather than per-tensor activation scales). Dequantising the weights to float32 before a float
-  matmul would be the exact weight-only form, but XLA on CPUs does not fuse that conversion into the dot: it
-  writes the whole float32 matrix first and ran 3x slower than float32 weights (benchmarks/quantize.md).
+  float32 (the matmul GPUs and TPUs run natively, and CPUs with AVX512-BF16 or AMX for many rows).
+- "int8": the kernel as int8 (in, out), as the float32 kernel, with one symmetric float32 scale per output
+  channel (``quantize_rows`` on its columns); at run time each row of activations is quantised to int8 with
+  its own scale and the product runs as XLA's int8 x int8 -> int32 dot, rescaled by both scales (torch's
+  dynamic quantisation, with per-row rather than per-tensor activation scales). Dequantising the weights to
+  float32 before a float matmul would be the exact weight-only form, but XLA on CPUs does not fuse that
+  conversion into the dot: it writes the whole float32 matrix first and ran 3-6x slower than float32 weights
+  (benchmarks/quantize.md).
 """
 
 from __future__ import annotations
@@ -156,14 +157,14 @@ def quantize_rows(matrix) -> tuple[np.ndarray, np.ndarray]:
 
 
 def int8_matmul(rows: jax.Array, kernel: jax.Array, scales: jax.Array) -> jax.Array:
-    """rows (N, I) float times int8 weights ``kernel`` (O, I) (one output channel a row) with ``scales`` (O,):
+    """rows (N, I) float times int8 weights ``kernel`` (I, O) with one scale per output channel ``scales`` (O,):
     (N, O) float32. Each row is quantised to int8 with its own symmetric scale (max |row| / 127); the dot runs
     in int8 with int32 accumulation and is rescaled by both scales."""
     peak = jnp.max(jnp.abs(rows), axis=1, keepdims=True)
     step = jnp.where(peak > 0, peak / 127.0, 1.0)
     quantized = jnp.round(rows / step).astype(jnp.int8)
     accumulated = lax.dot_general(
-        quantized, kernel, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32
+        quantized, kernel, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32
     )
     return accumulated.astype(jnp.float32) * step * scales
 
@@ -192,7 +193,7 @@ class QuantizedDense(nn.Module):
     """Inference form of a Dense layer with bfloat16 or int8 weights (see the module docstring); the bias
     stays float32. Its parameters come from a float32 layer's through ``streamformer.quantize`` (``init``
     gives placeholders of the right shapes): "bfloat16": ``kernel`` (in, out) bfloat16; "int8":
-    ``int8_kernel`` (out, in) int8 and ``scale`` (out,) float32, one row and one scale per output channel."""
+    ``int8_kernel`` (in, out) int8 and ``scale`` (out,) float32, one per output channel."""
 
     features: int
     weights: str
@@ -203,7 +204,7 @@ class QuantizedDense(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         inputs, outputs = x.shape[-1], self.features
         if self.weights == "int8":
-            kernel = self.param("int8_kernel", nn.initializers.zeros, (outputs, inputs), jnp.int8)
+            kernel = self.param("int8_kernel", nn.initializers.zeros, (inputs, outputs), jnp.int8)
             scale = self.param("scale", nn.initializers.ones, (outputs,), jnp.float32)
             y = _by_rows(lambda rows: int8_matmul(rows, kernel, scale), x)
         elif self.weights == "bfloat16":

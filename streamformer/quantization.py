@@ -5,8 +5,8 @@ variables into a pair that runs wherever the float32 pair runs for inference (``
 The model is the same one with ``config.weights`` set: each Dense layer and the predictor's embedding become
 their inference forms (``streamformer._nn.QuantizedDense``, ``QuantizedEmbed``; how each computes is
 described there). The variables are the float32 ones with every matrix converted: "int8" stores each Dense
-kernel as int8 rows, one per output channel, with one symmetric float32 scale each (and the embedding one
-scale per symbol), about a quarter of the bytes; "bfloat16" stores kernels and the embedding in bfloat16.
+kernel as int8 with one symmetric float32 scale per output channel (and the embedding one scale per
+symbol), about a quarter of the bytes; "bfloat16" stores kernels and the embedding in bfloat16.
 Biases, layer norms and ConvEmformer's depthwise convolution stay float32.
 
 Training and conversion to torchaudio need float32 weights: ``convert.to_torchaudio`` refuses a quantised
@@ -69,9 +69,9 @@ def _with_weights(model, weights: str):
 def _convert_module(path: tuple[str, ...], target: dict, source: dict) -> dict:
     """One module's float32 parameters ``source`` (leaf name -> array) in the layout ``target`` (leaf name ->
     ShapeDtypeStruct) of its quantised form."""
-    if "int8_kernel" in target:  # Dense kernel (in, out) -> int8 rows (out, in), one scale per output channel
+    if "int8_kernel" in target:  # Dense kernel (in, out): one scale per output channel (column)
         values, scales = quantize_rows(np.asarray(source["kernel"], np.float32).T)
-        converted = {"int8_kernel": values, "scale": scales}
+        converted = {"int8_kernel": np.ascontiguousarray(values.T), "scale": scales}
     elif "int8_embedding" in target:  # embedding (V, E): one scale per symbol
         values, scales = quantize_rows(source["embedding"])
         converted = {"int8_embedding": values, "scale": scales}

@@ -57,12 +57,10 @@ def reference_dense(params: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray
     x = np.asarray(x, np.float64)
     rows = x.reshape(-1, x.shape[-1])
     if "int8_kernel" in params:
-        weight = (
-            np.asarray(params["int8_kernel"], np.float64) * np.asarray(params["scale"], np.float64)[:, None]
-        )
+        weight = np.asarray(params["int8_kernel"], np.float64) * np.asarray(params["scale"], np.float64)
         peak = np.max(np.abs(rows), axis=1, keepdims=True)
         step = np.where(peak > 0, peak / 127.0, 1.0)
-        y = (np.rint(rows / step) * step) @ weight.T
+        y = (np.rint(rows / step) * step) @ weight
         tolerance = 2 * step * np.max(np.abs(weight)) + 1e-5 * np.abs(y)
     else:
         weight = np.asarray(jnp.asarray(params["kernel"]).astype(jnp.float32), np.float64)
@@ -175,7 +173,7 @@ def test_quantized_variables_layout_and_size(float_pair, quantized):
     joiner = variables["params"]["joiner"]["linear"]
     V, D = float_model.num_symbols, float_model.config.encoding_dim
     if weights == "int8":
-        assert joiner["int8_kernel"].shape == (V, D) and joiner["int8_kernel"].dtype == jnp.int8
+        assert joiner["int8_kernel"].shape == (D, V) and joiner["int8_kernel"].dtype == jnp.int8
         assert joiner["scale"].shape == (V,) and joiner["bias"].dtype == jnp.float32
     else:
         assert joiner["kernel"].shape == (D, V) and joiner["kernel"].dtype == jnp.bfloat16
