@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from streamformer.features import GlobalStats, compute_global_stats, frame_lengths, log_mel_spectrogram
+from streamformer.io import atomic_write_bytes
 from streamformer.text import Tokenizer, train_bpe
 
 from ..config import Config, DataConfig
@@ -192,8 +192,8 @@ def _from_shards(config: Config, workdir: Path, name: str) -> bool:
             f"{config.data.vocab_size}"
         )
     workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(folder / index[name], workdir / f".tmp-{index[name]}")
-    os.replace(workdir / f".tmp-{index[name]}", workdir / index[name])
+    # Several processes of one run may copy at once: each writes its own temporary file.
+    atomic_write_bytes(workdir / index[name], (folder / index[name]).read_bytes())
     return True
 
 

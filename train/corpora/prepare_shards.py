@@ -19,14 +19,13 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from streamformer.features import global_stats_from_sums
-from streamformer.io import atomic_write_text
+from streamformer.io import atomic_write_bytes, atomic_write_text
 from streamformer.text import Tokenizer, train_bpe
 
 from ..config import Config
@@ -117,8 +116,7 @@ def _tokenizer(config: Config, out: Path, train_items: list) -> Path:
     path = out / "tokenizer.model"
     if not path.exists():
         if config.data.tokenizer:
-            shutil.copyfile(config.data.tokenizer, out / ".tmp-tokenizer.model")
-            os.replace(out / ".tmp-tokenizer.model", path)
+            atomic_write_bytes(path, Path(config.data.tokenizer).read_bytes())
         else:
             train_bpe([normalize_text(item.text) for item in train_items], path, config.data.vocab_size)
     return path
@@ -211,8 +209,7 @@ def _index(config: Config, out: Path, done: dict, seconds: float) -> dict:
             )  # fmt: skip
     train = [done[k] for k in done if k[0] == "train"]
     if config.data.global_stats:
-        shutil.copyfile(config.data.global_stats, out / ".tmp-global_stats.json")
-        os.replace(out / ".tmp-global_stats.json", out / "global_stats.json")
+        atomic_write_bytes(out / "global_stats.json", Path(config.data.global_stats).read_bytes())
     else:
         stats = global_stats_from_sums(
             np.sum([s["sum"] for s in train], 0),
