@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
-from pathlib import Path
+
+from _trained import load_run, score
 
 import streamformer
-from streamformer.train.commands.batch_transcribe import transcribe_features
-from streamformer.train.evaluation import error_rates
-from streamformer.train.workdir import Run, config_for
 
 
 def main() -> None:
@@ -32,9 +29,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override, e.g. data.test=...")
     args = parser.parse_args()
 
-    run = Run(config_for(args.workdir, overrides=args.set), Path(args.workdir))
-    run.load_frontend()
-    model, variables, step = run.restore_variables()
+    run, model, variables, step = load_run(args.workdir, args.set)
     pairs = {"float32": (model, variables)}
     for weights in args.weights:
         if weights != "float32":
@@ -47,24 +42,20 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for split in args.split:
         examples = run.prepare(split)[: args.limit or None]
-        references = [e.text for e in examples]
         for search in ("greedy", "modified_beam"):
             for streaming in (False, True):
                 float_wer = None
                 for weights in args.weights:
                     model_w, variables_w = pairs[weights]
-                    started = time.perf_counter()
-                    results = transcribe_features(
+                    rates, _, seconds = score(
                         model_w,
                         variables_w,
                         run.tokenizer,
-                        [e.features for e in examples],
+                        examples,
                         search=search,
                         beam=args.beam,
                         streaming=streaming,
-                        batch_size=32,
                     )
-                    rates = error_rates(references, [r["text"] for r in results])
                     wer = 100 * rates["wer"]
                     float_wer = wer if weights == "float32" else float_wer
                     change = "" if float_wer is None or weights == "float32" else f"{wer - float_wer:+.2f}"
@@ -72,7 +63,7 @@ def main() -> None:
                     print(
                         f"| {split} ({len(examples)}) | {name} | {'streaming' if streaming else 'offline'} | "
                         f"{weights} | {wer:.2f} % | {100 * rates['cer']:.2f} % | {change} |  "
-                        f"<!-- {time.perf_counter() - started:.1f} s -->",
+                        f"<!-- {seconds:.1f} s -->",
                         flush=True,
                     )
     print(f"\nload at the end: {os.getloadavg()[0]:.1f}")

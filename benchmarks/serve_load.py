@@ -82,18 +82,20 @@ def speech(seconds: float, seed: int) -> np.ndarray:
 def start_servers(workdir: Path, count: int, slots: int) -> list[tuple[subprocess.Popen, str]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     servers = []
-    for _ in range(count):
+    for i in range(count):
+        log = open(workdir / f"server_{i}.log", "w")  # noqa: SIM115 (the server's own lifetime)
         process = subprocess.Popen(
             [sys.executable, "-m", "train", "serve", "--workdir", str(workdir), "--port", "0",
              "--max-streams", str(slots), "--idle-timeout", "600"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
         servers.append(process)
     urls = []
-    for process in servers:
+    for i, process in enumerate(servers):
         line = process.stdout.readline().strip()
         if not line.startswith("listening on "):
-            raise SystemExit(f"the server did not start: {line!r}")
+            tail = (workdir / f"server_{i}.log").read_text()[-3000:]
+            raise SystemExit(f"the server did not start: {line!r}; its log ends:\n{tail}")
         urls.append(line.removeprefix("listening on ") + "/")
     return list(zip(servers, urls))
 
@@ -161,7 +163,7 @@ def measure(workdir, S, R, streams, seconds, per_process: bool, slots: int | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "base"])
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--streams", type=int, nargs="*", default=[1, 4, 8])
     parser.add_argument(
         "--per-process", type=int, nargs="*", default=[], help="stream counts, one process each"
     )

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from pathlib import Path
 
 import numpy as np
+from _trained import load_run, score
 
-from streamformer.train.commands.batch_transcribe import transcribe_features
 from streamformer.train.corpora import synth
-from streamformer.train.evaluation import error_rates
 
 
 def true_word_starts(config: synth.SynthConfig, split: str, index: int) -> tuple[list[str], list[float]]:
@@ -34,11 +31,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--endpoint", type=int, default=0, help="only: N test utterances joined by silence")
     args = parser.parse_args()
-    from streamformer.train.workdir import Run, config_for
-
-    run = Run(config_for(args.workdir), Path(args.workdir))
-    run.load_frontend()
-    model, variables, step = run.restore_variables()
+    run, model, variables, step = load_run(args.workdir)
     if args.endpoint:
         return endpoint_check(run, model, variables, args.endpoint)
     examples = run.prepare("test")[: args.limit or None]
@@ -54,19 +47,9 @@ def main() -> None:
     )
     for search in ("greedy", "beam", "modified_beam"):
         for streaming in (False, True):
-            started = time.perf_counter()
-            results = transcribe_features(
-                model,
-                variables,
-                run.tokenizer,
-                [e.features for e in examples],
-                search=search,
-                beam=args.beam,
-                streaming=streaming,
-                batch_size=32,
+            rates, results, seconds = score(
+                model, variables, run.tokenizer, examples, search=search, beam=args.beam, streaming=streaming
             )
-            seconds = time.perf_counter() - started
-            rates = error_rates([e.text for e in examples], [r["text"] for r in results])
             errors = []
             for (words, starts), r in zip(truth, results, strict=True):
                 if [w["word"] for w in r["words"]] == words:

@@ -257,14 +257,13 @@ def _conv_tiny() -> Config:
 
 def _speech() -> Config:
     """A small Emformer RNN-T (0.7 M parameters; the Emformer's width is time_reduction_input_dim x stride =
-    128) for real speech on a few CPU cores: the espeak-ng corpus (``main --data espeak``, train/corpora/espeak.py) or
-    LibriSpeech. Batch 32 (8 never left the blank-only stage), Adam 2e-3 with 300 warm-up steps, cosine over
-    6500 steps, the pruned loss (1.7x the steps a minute of the full loss here, the same WER per step):
-    44 minutes on 2 cores, test WER 59.9 % / 64.2 % (seen / unseen speakers, greedy; 50.0 % / 54.3 % with
-    beam 4) on the espeak corpus with its recombined training text (benchmarks/speech_recipe.md). Width 192
-    learnt no more per step and is 1.45x slower a step. A longer run should raise loop.steps (the cosine
-    decay spans them). Those figures are of the fortunes-only corpus; the corpus now reads three text
-    sources (38,619 sentences, issue 21) and this preset is not yet tuned on it."""
+    128) for real speech on a few CPU cores: the espeak-ng corpus (``main --data espeak``,
+    train/corpora/espeak.py) or LibriSpeech. Batch 32 (8 never left the blank-only stage), Adam 2e-3 with 300
+    warm-up steps, the pruned loss (1.7x the steps a minute of the full loss here, the same WER per step), a
+    cosine decay over 8,500 steps: what 2 idle cores run in the job's 60 minutes (~147 steps a minute, so the
+    rate has decayed when the time limit stops it). Width 192 learnt no more per step and is 1.45x slower a
+    step. A longer run should raise loop.steps (the cosine decay spans them). Figures: BENCHMARKS.md, Real
+    speech (benchmarks/speech_recipe.md)."""
     return Config(
         model=ModelConfig(
             encoding_dim=128,
@@ -290,7 +289,7 @@ def _speech() -> Config:
             loss_warmup_steps=500,
         ),
         data=DataConfig(vocab_size=64, batch_size=32, num_buckets=4, spec_augment=False),
-        loop=LoopConfig(steps=6500, log_every=10, checkpoint_every=500, eval_every=500),
+        loop=LoopConfig(steps=8500, log_every=10, checkpoint_every=500, eval_every=500),
     )
 
 
