@@ -79,14 +79,17 @@ def speech(seconds: float, seed: int) -> np.ndarray:
     return np.concatenate(parts)[: int(seconds * RATE)].astype(np.float32)
 
 
-def start_servers(workdir: Path, count: int, slots: int) -> list[tuple[subprocess.Popen, str]]:
+def start_servers(
+    workdir: Path, count: int, slots: int, quantize: str | None = None
+) -> list[tuple[subprocess.Popen, str]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     servers = []
     for i in range(count):
         log = open(workdir / f"server_{i}.log", "w")  # noqa: SIM115 (the server's own lifetime)
         process = subprocess.Popen(
             [sys.executable, "-m", "train", "serve", "--workdir", str(workdir), "--port", "0",
-             "--max-streams", str(slots), "--idle-timeout", "600"],
+             "--max-streams", str(slots), "--idle-timeout", "600",
+             *(["--quantize", quantize] if quantize else [])],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
         servers.append(process)
@@ -131,8 +134,12 @@ async def load(urls: list[str], streams: int, seconds: float, segment_seconds: f
     return await asyncio.gather(*(one(i) for i in range(streams)))
 
 
-def measure(workdir, S, R, streams, seconds, per_process: bool, slots: int | None, skip: int) -> dict:
-    servers = start_servers(workdir, streams if per_process else 1, 1 if per_process else (slots or streams))
+def measure(
+    workdir, S, R, streams, seconds, per_process: bool, slots: int | None, skip: int, quantize: str | None
+) -> dict:
+    servers = start_servers(
+        workdir, streams if per_process else 1, 1 if per_process else (slots or streams), quantize
+    )
     try:
         urls = [url for _, url in servers]
         asyncio.run(load(urls, len(urls), 1.0, 0.0))  # warm-up: every server's first stream
@@ -180,12 +187,23 @@ def main() -> None:
         help="serve this run (made there, untrained, if missing; "
         "default: an untrained one in a temporary folder)",
     )
+    parser.add_argument("--quantize", choices=["int8", "bfloat16"], default=None, help="the servers' weights")
     args = parser.parse_args()
     cpu = next(
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
         "?",
     )
-    print(json.dumps({"preset": args.preset, "cpu": cpu, "cores": os.cpu_count()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "weights": args.quantize or "float32",
+                "cpu": cpu,
+                "cores": os.cpu_count(),
+            }
+        ),
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp) / "run"
         if (workdir / "config.json").exists():
@@ -197,10 +215,14 @@ def main() -> None:
         S, R = config.model.segment_length, config.model.right_context_length
         rows = []
         for streams in args.streams:
-            rows.append(measure(workdir, S, R, streams, args.seconds, False, args.max_streams, args.skip))
+            rows.append(
+                measure(
+                    workdir, S, R, streams, args.seconds, False, args.max_streams, args.skip, args.quantize
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
         for streams in args.per_process:
-            rows.append(measure(workdir, S, R, streams, args.seconds, True, None, args.skip))
+            rows.append(measure(workdir, S, R, streams, args.seconds, True, None, args.skip, args.quantize))
             print(json.dumps(rows[-1]), flush=True)
     sustained = [r["streams"] for r in rows if r["mode"].startswith("one server") and r["p95_ms"] is not None
                  and r["p95_ms"] < args.goal_ms and not r["errors"]]  # fmt: skip

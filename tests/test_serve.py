@@ -210,6 +210,10 @@ def test_bad_arguments_are_named(run_dir, tmp_path, capsys):
             "max_streams: expected a positive int, got 0",
         ),
         (["serve", "--exported", str(tmp_path)], "no exported artifact (manifest.json)"),
+        (
+            ["serve", "--exported", str(tmp_path), "--quantize", "int8"],
+            "quantize: an exported artifact keeps the weights it was exported with",
+        ),
         (["client", str(wavs[0]), "--url", "http://127.0.0.1:1/"], "url: expected a ws:// or wss:// URL"),
         (["client", str(wavs[0]), "--url", "ws://127.0.0.1:1/"], "url: cannot connect to ws://127.0.0.1:1/"),
     ]
@@ -373,8 +377,8 @@ async def _rated(url: str, audio: np.ndarray, rate: int) -> str:
 
 
 def test_cli_serve_compiles_listens_and_drains_on_sigterm(run_dir, cache):
-    """``python -m train serve``: the listening line once compiled; SIGTERM: streams in flight get their finals
-    (the last message final, close 1001), new connections are refused, exit status 0."""
+    """``python -m train serve`` (int8 weights): the listening line once compiled; SIGTERM: streams in flight get
+    their finals (the last message final, close 1001), new connections are refused, exit status 0."""
     workdir, _, wavs = run_dir
     env = dict(os.environ, PYTHONPATH=str(ROOT), STREAMFORMER_COMPILATION_CACHE=str(cache))
     process = subprocess.Popen(
@@ -389,6 +393,8 @@ def test_cli_serve_compiles_listens_and_drains_on_sigterm(run_dir, cache):
             "0",
             "--max-streams",
             "2",
+            "--quantize",
+            "int8",
         ],
         cwd=ROOT,
         env=env,
@@ -422,6 +428,7 @@ def test_cli_serve_compiles_listens_and_drains_on_sigterm(run_dir, cache):
         assert outcome.sent[-1][1] < audio.size or outcome.results  # stopped before the end
     err = process.stderr.read()
     assert "draining: 2 stream(s) in flight" in err and "stopped after serving 2 stream(s)" in err
+    assert "int8 weights" in err
 
 
 def test_a_failing_step_closes_its_streams_and_the_server_goes_on(run_dir, expected, checkpoint_server):

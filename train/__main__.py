@@ -44,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     def step_option(p):
         p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
 
+    def quantize_option(p, what):
+        p.add_argument("--quantize", choices=["int8", "bfloat16"], default=None,
+                       help=f"{what} (streamformer.quantize)")
+
     def training_options(p):
         p.add_argument("--time-limit", type=float, default=None,
                        help="stop training (with a checkpoint) after this many seconds (main: 480 with --data "
@@ -82,12 +86,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--beam", type=int, default=0, help="modified beam search width (0: greedy)")
     export.add_argument("--batch-size", type=int, default=1, help="streams / utterances per call")
     export.add_argument("--max-frames", type=int, default=1600, help="offline input frames (10 ms each)")
-    export.add_argument(
-        "--quantize",
-        choices=["int8", "bfloat16"],
-        default=None,
-        help="store the weights as int8 (about 4x smaller, faster on CPUs) or bfloat16 (streamformer.quantize)",
-    )
+    quantize_option(export, "store the weights as int8 (about 4x smaller, faster on CPUs) or bfloat16")
 
     prepare = command("prepare", "a corpus (data.train/dev/test) into a shard folder that fit reads from disk",
                       workdir=None)
@@ -109,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
                        help="audio a stream may have waiting before its connection stops reading (default: 2)")
     serve.add_argument("--idle-timeout", type=float, default=60.0,
                        help="seconds without a message before a stream is closed (default: 60)")
+    quantize_option(serve, "serve the checkpoint with int8 (faster on CPUs) or bfloat16 weights")
 
     client = commands.add_parser("client", help="stream audio files to a server, print partial and final results")
     client.add_argument("files", nargs="+", help="audio files (any rate and channels), streamed at once")
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict:
             workdir, config_for(workdir, args.preset, args.set) if workdir else None, exported=args.exported,
             host=args.host, port=args.port, max_streams=args.max_streams, search=args.search, beam=args.beam,
             step=args.step, compilation_cache=args.compilation_cache, buffer_seconds=args.buffer_seconds,
-            idle_timeout=args.idle_timeout,
+            idle_timeout=args.idle_timeout, quantize=args.quantize,
         )  # fmt: skip
     if args.compilation_cache and args.command != "transcribe":
         enable_compilation_cache(args.compilation_cache)

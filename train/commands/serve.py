@@ -35,9 +35,12 @@ def serve(
     compilation_cache: str | os.PathLike | None = None,
     buffer_seconds: float = 2.0,
     idle_timeout: float = 60.0,
+    quantize: str | None = None,
 ) -> dict:
     """Loads checkpoint ``step`` of ``workdir`` (or the artifact in ``exported``), compiles the step for
-    ``max_streams`` slots, prints ``listening on ws://HOST:PORT`` and serves until SIGTERM."""
+    ``max_streams`` slots, prints ``listening on ws://HOST:PORT`` and serves until SIGTERM. ``quantize``
+    ("int8" or "bfloat16") serves the checkpoint with quantised weights (``streamformer.quantize``); an
+    artifact keeps the weights it was exported with."""
     from ..serve.backends import CheckpointBackend, ExportedBackend
     from ..serve.batcher import Batcher
     from ..serve.server import serve as run_server
@@ -47,7 +50,14 @@ def serve(
     _positive("buffer_seconds", buffer_seconds, float)
     _positive("idle_timeout", idle_timeout, float)
     enable_compilation_cache(compilation_cache)
+    if quantize not in (None, "int8", "bfloat16"):
+        raise ValueError(f"quantize: expected 'int8' or 'bfloat16' (or none), got {quantize!r}")
     if exported:
+        if quantize is not None:
+            raise ValueError(
+                f"quantize: an exported artifact keeps the weights it was exported with, got --quantize {quantize}"
+                " (export with --quantize instead)"
+            )
         backend = ExportedBackend(exported)
         kind = backend.artifact.manifest["search"]["kind"]
         wanted = {"greedy": "GreedySearch", "modified_beam": "ModifiedBeamSearch"}.get(search or "", kind)
@@ -64,11 +74,16 @@ def serve(
         run = Run(config, workdir)
         run.load_frontend()
         model, variables, restored = run.restore_variables(step)
+        if quantize is not None:
+            import streamformer
+
+            model, variables = streamformer.quantize(model, variables, quantize)
         backend = CheckpointBackend(
             model, variables, run.tokenizer, run.stats, batch_size=max_streams, search=search or "greedy",
             beam=beam,
         )  # fmt: skip
-        backend.description += f" step {restored} of {workdir}"
+        weights = f", {quantize} weights" if quantize else ""
+        backend.description += f" step {restored} of {workdir}{weights}"
     say(f"serving {backend.description}: {backend.batch_size} streams at once; compiling...")
     return run_server(
         Batcher(backend), host=host, port=port, buffer_seconds=float(buffer_seconds),
