@@ -125,9 +125,11 @@ def test_engine_speaks_from_the_wheel():
 
 
 def test_same_seed_same_audio_whatever_the_workers(corpus, tmp_path):
-    again = build_corpus(tmp_path / "again", SMALL, workers=1)
+    lines = []
+    again = build_corpus(tmp_path / "again", SMALL, workers=1, say=lines.append)
     files = sorted(p.relative_to(corpus) for p in corpus.rglob("*.flac"))
     assert files == sorted(p.relative_to(again) for p in again.rglob("*.flac")) and len(files) > 30
+    assert 2 <= len(lines) <= 11 and f"{len(files):,} of {len(files):,} utterances read" in lines[-1], lines
     for name in files:
         np.testing.assert_array_equal(soundfile.read(corpus / name)[0], soundfile.read(again / name)[0])
     assert build_corpus(corpus, SMALL) == corpus  # same config: kept as it is

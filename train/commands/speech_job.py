@@ -55,7 +55,9 @@ def speech_job(
     asked = corpus_seed is not None or corpus_sentences is not None
     if asked or not (corpus / "corpus.json").exists():  # else: a corpus already there is used as built
         espeak.build_corpus(
-            corpus, espeak.EspeakCorpusConfig(seed=corpus_seed or 0, max_sentences=corpus_sentences or 0)
+            corpus,
+            espeak.EspeakCorpusConfig(seed=corpus_seed or 0, max_sentences=corpus_sentences or 0),
+            say=say,
         )
     summary_corpus = json.loads((corpus / "corpus.json").read_text())
     say(

@@ -45,6 +45,7 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -402,8 +403,10 @@ def build_corpus(
     *,
     workers: int | None = None,
     overwrite: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
-    """Build the corpus under ``root`` (see the module docstring for the layout); returns ``root``.
+    """Build the corpus under ``root`` (see the module docstring for the layout); returns ``root``. ``say``
+    gets a progress line about every tenth of the utterances.
 
     The tree is built in a temporary sibling folder and renamed into place, so ``root`` is either absent or
     complete. An existing ``root`` built from the same config is kept as it is (returned at once); one from
@@ -429,8 +432,18 @@ def build_corpus(
     with atomic_directory(root) as staging:
         workers = max(1, min(workers or os.cpu_count() or 1, len(shards)))
         jobs = [(shard, config, str(staging)) for shard in shards]
+        results, reported = [], 0
         with _pool_context().Pool(workers) as pool:
-            results = [r for part in pool.imap(_render_shard_star, jobs, chunksize=1) for r in part]
+            for part in pool.imap(_render_shard_star, jobs, chunksize=1):
+                results += part
+                if say is not None and (
+                    len(results) - reported >= len(specs) / 10 or len(results) == len(specs)
+                ):
+                    reported = len(results)
+                    say(
+                        f"{root}: {len(results):,} of {len(specs):,} utterances read "
+                        f"({time.perf_counter() - started:.0f} s)"
+                    )
         _write_metadata(staging, results, config, time.perf_counter() - started)
     return root
 
