@@ -50,7 +50,9 @@ def speech_job(
     learning curve, the test conditions and one streamed unseen-speaker file."""
     started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    corpus = corpus or workdir / "corpus"
+    # The run's config names the corpus's splits: absolute, so that eval, transcribe and the benchmarks find
+    # them from any working directory.
+    corpus = (corpus or workdir / "corpus").resolve()
     build_started = time.perf_counter()
     asked = corpus_seed is not None or corpus_sentences is not None
     if asked or not (corpus / "corpus.json").exists():  # else: a corpus already there is used as built
