@@ -1,6 +1,8 @@
 """Readers (LibriSpeech layout, JSON-lines manifests), audio loading, bucketed batching and SpecAugment, on
 small synthetic trees written to temporary folders."""
 
+import dataclasses
+import itertools
 import json
 import logging
 from functools import partial
@@ -11,10 +13,12 @@ import numpy as np
 import pytest
 import soundfile
 
+from streamformer.train.config import preset
 from streamformer.train.corpora.audio import list_librispeech, load_audio, read_manifest, resample
 from streamformer.train.corpora.prepare import prepare_examples
 from streamformer.train.corpora.synth import ALPHABET, SynthConfig, generate_split, write_librispeech
 from streamformer.train.loop.batches import batches, make_buckets, plan_batches, spec_augment
+from streamformer.train.loop.loader import bucket_frames_for
 
 CONFIG = SynthConfig(seed=11)
 
@@ -196,6 +200,40 @@ def test_make_buckets():
     assert make_buckets(lengths, 1) == [257]
     with pytest.raises(ValueError, match="num_buckets"):
         make_buckets(lengths, 0)
+
+
+def test_padding_buckets_compute_fewer_frames_than_quantiles_on_a_long_tail():
+    """A long tail of lengths: the quartiles stretch the last bucket to the longest; "padding" finds the sizes
+    of least padded frames (checked against every choice of sizes), each bucket holding a batch."""
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(100, 400, 500), [1200, 1100, 900]])
+
+    def padded(sizes):
+        index = np.searchsorted(sizes, lengths)
+        return int(np.asarray(sizes)[index].sum()), np.bincount(index, minlength=len(sizes))
+
+    quartiles = make_buckets(lengths, 4, 32)
+    least = make_buckets(lengths, 4, 32, method="padding", min_count=16)
+    assert quartiles[-1] == least[-1] == 1216 and all(s % 32 == 0 for s in least)
+    assert padded(least)[0] < 0.85 * padded(quartiles)[0]
+    assert padded(least)[1].min() >= 16
+    rounded = sorted(set((-(-lengths // 32) * 32).tolist()))
+    best = min(
+        padded([*cut, 1216])[0]
+        for k in range(4)
+        for cut in itertools.combinations(rounded[:-1], k)
+        if padded([*cut, 1216])[1].min() >= 16
+    )
+    assert padded(least)[0] == best
+    too_few = lengths[:20]  # not enough for two buckets of a batch each: one bucket
+    assert make_buckets(too_few, 4, 32, method="padding", min_count=16) == [416]
+    with pytest.raises(ValueError, match="bucketing: expected 'quantiles' or 'padding', got 'x'"):
+        make_buckets(lengths, 4, method="x")
+    speech = preset("speech")  # segment_length 32
+    config = dataclasses.replace(
+        speech, data=dataclasses.replace(speech.data, bucketing="padding", batch_size=16)
+    )
+    assert bucket_frames_for(config, lengths) == least
 
 
 def test_plan_batches_is_deterministic_and_covers_each_example_once(examples):

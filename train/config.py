@@ -136,6 +136,9 @@ class DataConfig:
         tokenizer is a path to a .model file).
     global_stats: path of a global_stats.json; empty: computed from the train features.
     batch_size: utterances per step (global, over all devices); num_buckets: static batch shapes by length.
+    bucketing: how the bucket sizes are chosen (``loop.batches.make_buckets``): "quantiles" (equally full
+        buckets) or "padding" (the sizes that compute the fewest padded frames, each bucket holding at least a
+        batch; with a long tail of lengths the quantiles pad a quarter of the batches to the longest one).
     spec_augment: apply torchaudio's recipe masks (frequency masks, time masks) to training batches; the
         next five fields are ``loop.batches.spec_augment``'s arguments of the same names.
     strict: an unusable utterance (undecodable, empty or silent audio, a transcript the tokenizer cannot
@@ -159,6 +162,7 @@ class DataConfig:
     global_stats: str = ""
     batch_size: int = 32
     num_buckets: int = 3
+    bucketing: str = "quantiles"
     spec_augment: bool = True
     num_freq_masks: int = 2
     freq_mask_width: int = 27

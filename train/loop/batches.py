@@ -59,12 +59,23 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-int(value) // multiple) * multiple
 
 
-def make_buckets(lengths: Sequence[int] | np.ndarray, num_buckets: int, frame_multiple: int = 1) -> list[int]:
-    """Bucket sizes (frames) splitting ``lengths`` into about equally full buckets.
+def make_buckets(
+    lengths: Sequence[int] | np.ndarray,
+    num_buckets: int,
+    frame_multiple: int = 1,
+    *,
+    method: str = "quantiles",
+    min_count: int = 1,
+) -> list[int]:
+    """Bucket sizes (frames): at most ``num_buckets`` static batch shapes, each a multiple of ``frame_multiple``
+    (e.g. segment_length * time_reduction_stride, so each bucket is a whole number of segments); the last size
+    covers the longest example.
 
-    Sizes are the length quantiles k / num_buckets (k = 1..num_buckets) rounded up to ``frame_multiple``
-    (e.g. segment_length * time_reduction_stride, so each bucket is a whole number of segments); duplicates
-    merge, so fewer than num_buckets may come back. The last size covers the longest example.
+    method "quantiles": the length quantiles k / num_buckets (k = 1..num_buckets) rounded up, duplicates merged:
+    buckets about equally full. "padding": the sizes that minimise the padded frames of the whole set (a dynamic
+    programme over the rounded lengths), each bucket holding at least ``min_count`` examples (e.g. the batch
+    size, so no bucket is too small to fill a batch) where the lengths allow it. With a long tail of lengths the
+    quantiles stretch the last bucket to the longest example; "padding" gives it few examples instead.
     """
     lengths = np.asarray(lengths)
     if lengths.ndim != 1 or lengths.size == 0:
@@ -73,10 +84,43 @@ def make_buckets(lengths: Sequence[int] | np.ndarray, num_buckets: int, frame_mu
         raise ValueError(f"num_buckets: expected >= 1, got {num_buckets}")
     if frame_multiple < 1:
         raise ValueError(f"frame_multiple: expected >= 1, got {frame_multiple}")
+    if method == "padding":
+        return _least_padding_buckets(lengths, num_buckets, frame_multiple, min_count)
+    if method != "quantiles":
+        raise ValueError(f"bucketing: expected 'quantiles' or 'padding', got {method!r}")
     quantiles = np.quantile(lengths, np.arange(1, num_buckets + 1) / num_buckets, method="higher")
     sizes = sorted({_round_up(max(q, 1), frame_multiple) for q in quantiles})
     sizes[-1] = max(sizes[-1], _round_up(max(lengths.max(), 1), frame_multiple))
     return sizes
+
+
+def _least_padding_buckets(
+    lengths: np.ndarray, num_buckets: int, frame_multiple: int, min_count: int
+) -> list[int]:
+    rounded = np.array([_round_up(max(int(n), 1), frame_multiple) for n in lengths])
+    sizes, counts = np.unique(rounded, return_counts=True)
+    if counts.sum() < 2 * min_count:  # too few examples for two full buckets: one covers all
+        return [int(sizes[-1])]
+    before = np.concatenate([[0], np.cumsum(counts)])  # examples with a size below sizes[i]: before[i]
+    n, inf = len(sizes), float("inf")
+    # cost[k][i]: least padded frames of the examples of sizes[:i] in k buckets, the last ending at sizes[i - 1]
+    cost = np.full((num_buckets + 1, n + 1), inf)
+    cost[0][0] = 0.0
+    back = np.zeros((num_buckets + 1, n + 1), dtype=int)
+    for k in range(1, num_buckets + 1):
+        for i in range(1, n + 1):  # the previous bucket ends at sizes[j - 1], j < i
+            held = before[i] - before[:i]
+            total = np.where(held >= min_count, cost[k - 1][:i] + held * float(sizes[i - 1]), inf)
+            back[k][i] = int(np.argmin(total))
+            cost[k][i] = total[back[k][i]]
+    k = int(np.argmin(cost[:, n]))
+    if cost[k][n] == inf:
+        return [int(sizes[-1])]
+    result, i = [], n
+    while i > 0:
+        result.append(int(sizes[i - 1]))
+        i, k = int(back[k][i]), k - 1
+    return result[::-1]
 
 
 def _bucket_index(lengths: np.ndarray, bucket_frames: Sequence[int]) -> np.ndarray:

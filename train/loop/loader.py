@@ -56,8 +56,16 @@ class MemorySource:
 
 
 def bucket_frames_for(config: Config, lengths: Sequence[int] | np.ndarray) -> list[int]:
-    """Bucket sizes as whole numbers of segments, so each bucket is one compiled shape of whole segments."""
-    return make_buckets(lengths, config.data.num_buckets, config.model.segment_length)
+    """Bucket sizes as whole numbers of segments, so each bucket is one compiled shape of whole segments, chosen
+    as ``data.bucketing`` says."""
+    data = config.data
+    return make_buckets(
+        lengths,
+        data.num_buckets,
+        config.model.segment_length,
+        method=data.bucketing,
+        min_count=data.batch_size,
+    )
 
 
 class TrainBatches:
