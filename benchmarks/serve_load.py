@@ -34,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streamformer.quantization import QUANTIZED_FORMATS  # noqa: E402
 from train.corpora import synth  # noqa: E402
 from train.serve.client import stream_audio  # noqa: E402
 
@@ -187,7 +188,7 @@ def main() -> None:
         help="serve this run (made there, untrained, if missing; "
         "default: an untrained one in a temporary folder)",
     )
-    parser.add_argument("--quantize", choices=["int8", "bfloat16"], default=None, help="the servers' weights")
+    parser.add_argument("--quantize", choices=QUANTIZED_FORMATS, default=None, help="the servers' weights")
     args = parser.parse_args()
     cpu = next(
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),

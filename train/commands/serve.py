@@ -50,8 +50,6 @@ def serve(
     _positive("buffer_seconds", buffer_seconds, float)
     _positive("idle_timeout", idle_timeout, float)
     enable_compilation_cache(compilation_cache)
-    if quantize not in (None, "int8", "bfloat16"):
-        raise ValueError(f"quantize: expected 'int8' or 'bfloat16' (or none), got {quantize!r}")
     if exported:
         if quantize is not None:
             raise ValueError(

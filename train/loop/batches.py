@@ -97,10 +97,8 @@ def make_buckets(
 def _least_padding_buckets(
     lengths: np.ndarray, num_buckets: int, frame_multiple: int, min_count: int
 ) -> list[int]:
-    rounded = np.array([_round_up(max(int(n), 1), frame_multiple) for n in lengths])
+    rounded = -(-np.maximum(lengths, 1) // frame_multiple) * frame_multiple  # _round_up of every length
     sizes, counts = np.unique(rounded, return_counts=True)
-    if counts.sum() < 2 * min_count:  # too few examples for two full buckets: one covers all
-        return [int(sizes[-1])]
     before = np.concatenate([[0], np.cumsum(counts)])  # examples with a size below sizes[i]: before[i]
     n, inf = len(sizes), float("inf")
     # cost[k][i]: least padded frames of the examples of sizes[:i] in k buckets, the last ending at sizes[i - 1]
@@ -114,7 +112,7 @@ def _least_padding_buckets(
             back[k][i] = int(np.argmin(total))
             cost[k][i] = total[back[k][i]]
     k = int(np.argmin(cost[:, n]))
-    if cost[k][n] == inf:
+    if cost[k][n] == inf:  # fewer examples than min_count: one bucket covers all
         return [int(sizes[-1])]
     result, i = [], n
     while i > 0:
