@@ -90,7 +90,13 @@ def test_speech_job_reports_the_curve_and_every_test_condition(trained):
     }
     assert results["transcribe"]["file"] in unseen
     stored = json.loads((workdir / "config.json").read_text())
-    assert stored["data"]["train"] == str(root / "train") and stored["model"]["encoding_dim"] == 96
+    assert stored["model"]["encoding_dim"] == 96
+    # Training read the corpus from a shard folder in the workdir, prepared from the corpus's train/ split.
+    shards = workdir / "shards"
+    assert stored["data"]["train"] == str(shards) == results["shards"]["folder"]
+    assert json.loads((shards / "prepare.json").read_text())["data"]["train"] == str(root / "train")
+    index = json.loads((shards / "index.json").read_text())
+    assert index["splits"]["train"]["utterances"] == results["corpus"]["train"]["utterances"]
 
 
 def test_loss_falls_and_greedy_output_overlaps_the_reference(trained, capsys):

@@ -1,10 +1,11 @@
 """The real-speech job: ``python -m train main --data espeak``.
 
-Builds the espeak-ng English corpus (train/corpora/espeak.py) once, trains the ``speech`` preset on it, evaluates the
-test sentences read by seen and by unseen speakers separately (offline and streaming, greedy and beam; each
-condition also per text source, with the source's out-of-vocabulary rate), and streams one unseen-speaker test
-file through the checkpoint. The corpus is in LibriSpeech layout, so the same
-preset trains on LibriSpeech itself with ``fit --preset speech --set data.train=... --set data.dev=...``.
+Builds the espeak-ng English corpus (train/corpora/espeak.py) once, prepares it as a shard folder (<workdir>/shards:
+features read from disk as training goes, so memory does not grow with the corpus), trains the ``speech`` preset on
+it, evaluates the test sentences read by seen and by unseen speakers separately (offline and streaming, greedy and
+beam; each condition also per text source, with the source's out-of-vocabulary rate), and streams one
+unseen-speaker test file through the checkpoint. The corpus is in LibriSpeech layout, so the same preset trains on
+LibriSpeech itself with ``fit --preset speech --set data.train=... --set data.dev=...``.
 
 Along the way a learning curve is logged: greedy dev WER against training minutes (evaluation time not
 counted) every ``loop.eval_every`` steps, in <workdir>/metrics.jsonl and results.json.
@@ -21,6 +22,7 @@ from pathlib import Path
 from ..config import apply_overrides
 from ..corpora import espeak
 from ..corpora.audio import read_manifest
+from ..corpora.prepare_shards import prepare_shards
 from ..loop.metrics import save_json
 from ..workdir import Run, say, stored_or_preset
 from .evaluate import evaluate_split, print_rates
@@ -68,17 +70,19 @@ def speech_job(
     )
 
     config = stored_or_preset(workdir, preset_name, default="speech")
-    config = dataclasses.replace(
-        config,
-        data=dataclasses.replace(
-            config.data,
-            train=str(corpus / "train"),
-            dev=str(corpus / "dev"),
-            test=str(corpus / "test-seen.jsonl"),
-        ),
+    corpus_data = dataclasses.replace(
+        config.data,
+        train=str(corpus / "train"),
+        dev=str(corpus / "dev"),
+        test=str(corpus / "test-seen.jsonl"),
     )
-    run = Run(apply_overrides(config, list(overrides)), workdir)
-    run.prepare("train")  # before the curve's clock starts, as featurising is not training
+    config = apply_overrides(dataclasses.replace(config, data=corpus_data), list(overrides))
+    # Training reads the corpus from a shard folder (issue 20's path: features on disk, read as training goes),
+    # so that memory does not grow with the corpus. Prepared once per workdir (its tokenizer is the run's), before
+    # the curve's clock starts, as featurising is not training; dev and test stay on the corpus's folders.
+    shards = workdir / "shards"
+    index = prepare_shards(config, shards, say=say)
+    run = Run(dataclasses.replace(config, data=dataclasses.replace(config.data, train=str(shards))), workdir)
     curve = LearningCurve(run, eval_limit)
     model, result = train_run(run, on_eval=curve.point, progress=progress, time_limit=time_limit)
     train_seconds = curve.train_seconds()  # the curve's clock: set-up included, evaluation excluded
@@ -133,6 +137,7 @@ def speech_job(
             **{k: summary_corpus[k] for k in ("sentences", "vocabulary", "sources") if k in summary_corpus},
             "build_seconds": summary_corpus["build_seconds"],
         },
+        "shards": {"folder": str(shards), "prepare_seconds": index["prepare_seconds"]},
         "steps": int(result.state.step),
         "train_seconds": round(train_seconds, 1),
         "curve": curve.points,
