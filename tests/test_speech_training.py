@@ -4,6 +4,7 @@ source, a streamed file), the loss falling and the greedy transcripts overlappin
 transcribing a batch with bad files in it."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -56,9 +57,16 @@ SETTINGS = [
 def trained(tmp_path_factory):
     root = build_corpus(tmp_path_factory.mktemp("speech") / "corpus", CORPUS)
     workdir = tmp_path_factory.mktemp("run")
-    args = ["main", "--data", "espeak", "--corpus", str(root), "--workdir", str(workdir), "--quiet"]
+    # The workdir given relative to the working directory, as the README's runs/speech is: the paths the run
+    # stores (corpus, shard folder) must still be absolute, for eval and transcribe from anywhere.
+    args = ["main", "--data", "espeak", "--corpus", str(root), "--workdir", workdir.name, "--quiet"]
     args += ["--eval-limit", "4", "--test-limit", "3", "--beam", "2"]  # 3: one test sentence per source
-    assert cli(args + [a for item in SETTINGS for a in ("--set", item)]) == 0
+    here = os.getcwd()
+    os.chdir(workdir.parent)
+    try:
+        assert cli(args + [a for item in SETTINGS for a in ("--set", item)]) == 0
+    finally:
+        os.chdir(here)
     return root, workdir
 
 

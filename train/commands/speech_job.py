@@ -80,7 +80,7 @@ def speech_job(
     # Training reads the corpus from a shard folder (issue 20's path: features on disk, read as training goes),
     # so that memory does not grow with the corpus. Prepared once per workdir (its tokenizer is the run's), before
     # the curve's clock starts, as featurising is not training; dev and test stay on the corpus's folders.
-    shards = workdir / "shards"
+    shards = (workdir / "shards").resolve()
     index = prepare_shards(config, shards, say=say)
     run = Run(dataclasses.replace(config, data=dataclasses.replace(config.data, train=str(shards))), workdir)
     curve = LearningCurve(run, eval_limit)
@@ -130,7 +130,7 @@ def speech_job(
     say(f"streaming {audio_path} (reference: {entry.text!r})")
     hypothesis = transcribe_file(run, model, variables, str(audio_path))
     summary = {
-        "workdir": str(workdir),
+        "workdir": str(workdir.resolve()),
         "corpus": {
             "root": str(corpus),
             **summary_corpus["splits"],
