@@ -4,7 +4,6 @@ source, a streamed file), the loss falling and the greedy transcripts overlappin
 transcribing a batch with bad files in it."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -61,12 +60,9 @@ def trained(tmp_path_factory):
     # stores (corpus, shard folder) must still be absolute, for eval and transcribe from anywhere.
     args = ["main", "--data", "espeak", "--corpus", str(root), "--workdir", workdir.name, "--quiet"]
     args += ["--eval-limit", "4", "--test-limit", "3", "--beam", "2"]  # 3: one test sentence per source
-    here = os.getcwd()
-    os.chdir(workdir.parent)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir.parent)
         assert cli(args + [a for item in SETTINGS for a in ("--set", item)]) == 0
-    finally:
-        os.chdir(here)
     return root, workdir
 
 

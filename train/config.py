@@ -266,8 +266,9 @@ def _speech() -> Config:
     warm-up steps, the pruned loss (1.7x the steps a minute of the full loss here, the same WER per step), an
     auxiliary CTC head of weight 0.3 (3 % slower a step, dev WER 72.0 % against 74.1 % after 9 minutes),
     bucket sizes of least padding (1.55x the steps a minute of length-quantile buckets on the espeak corpus,
-    the same WER per step), a cosine decay over 10,300 steps: what 2 idle cores run in the job's 60 minutes
-    (~172 steps a minute, so the rate has decayed when the time limit stops it). Width 192 learnt no more per
+    the same WER per step), a cosine decay over 10,300 steps: about what 2 idle cores run in the job's 60
+    minutes (~172 steps a minute in the screening runs; the hour from a fresh clone ran ~190 and ended the
+    schedule at 58 minutes). Width 192 learnt no more per
     step and is 1.45x slower a step. A longer run should raise loop.steps (the cosine decay spans them).
     Figures: BENCHMARKS.md, Real speech (benchmarks/speech_recipe.md)."""
     return Config(

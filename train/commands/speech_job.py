@@ -51,9 +51,10 @@ def speech_job(
     ``speech`` preset (or the workdir's config, or ``preset_name``) trained on it with ``overrides``, the
     learning curve, the test conditions and one streamed unseen-speaker file."""
     started = time.perf_counter()
+    # Absolute, as everything the run stores names its corpus and shard folder by path: eval, transcribe and
+    # the benchmarks must find them from any working directory.
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    # The run's config names the corpus's splits: absolute, so that eval, transcribe and the benchmarks find
-    # them from any working directory.
     corpus = (corpus or workdir / "corpus").resolve()
     build_started = time.perf_counter()
     asked = corpus_seed is not None or corpus_sentences is not None
@@ -80,7 +81,7 @@ def speech_job(
     # Training reads the corpus from a shard folder (issue 20's path: features on disk, read as training goes),
     # so that memory does not grow with the corpus. Prepared once per workdir (its tokenizer is the run's), before
     # the curve's clock starts, as featurising is not training; dev and test stay on the corpus's folders.
-    shards = (workdir / "shards").resolve()
+    shards = workdir / "shards"
     index = prepare_shards(config, shards, say=say)
     run = Run(dataclasses.replace(config, data=dataclasses.replace(config.data, train=str(shards))), workdir)
     curve = LearningCurve(run, eval_limit)
@@ -130,7 +131,7 @@ def speech_job(
     say(f"streaming {audio_path} (reference: {entry.text!r})")
     hypothesis = transcribe_file(run, model, variables, str(audio_path))
     summary = {
-        "workdir": str(workdir.resolve()),
+        "workdir": str(workdir),
         "corpus": {
             "root": str(corpus),
             **summary_corpus["splits"],
